@@ -1,0 +1,7 @@
+"""grpo_helpers: the small shared package behind the GRPO notebooks.
+
+One module, one job (see DESIGN.md): profiles, runtime, install, paths, tiny, modeling, data,
+rewards, training, generation, evaluation, sandbox, plotting.
+"""
+
+__version__ = "0.1.0"

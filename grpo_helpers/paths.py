@@ -1,0 +1,62 @@
+"""Where artifacts live: $GRPO_ARTIFACTS, else Google Drive when mounted on Colab, else ./outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ARTIFACTS_ENV = "GRPO_ARTIFACTS"
+DRIVE_ROOT = Path("/content/drive")
+DRIVE_ARTIFACTS = DRIVE_ROOT / "MyDrive" / "grpo-notebooks"
+
+
+def project_root() -> Path:
+    """The repository root when running from a checkout (notebooks/ or the root), else the cwd."""
+    cwd = Path.cwd()
+    for candidate in (cwd, *cwd.parents):
+        if (candidate / "pyproject.toml").exists() and (candidate / "grpo_helpers").is_dir():
+            return candidate
+    return cwd
+
+
+def artifacts_dir() -> Path:
+    """The folder every notebook saves to and reads from (created if missing)."""
+    if os.environ.get(ARTIFACTS_ENV, "").strip():
+        root = Path(os.environ[ARTIFACTS_ENV]).expanduser()
+    elif (DRIVE_ROOT / "MyDrive").is_dir():
+        root = DRIVE_ARTIFACTS
+    else:
+        root = project_root() / "outputs"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def profile_dir(profile_name: str) -> Path:
+    """Artifacts of one profile, so a tiny rehearsal never overwrites the real T4 run."""
+    path = artifacts_dir() / profile_name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoints_dir(profile_name: str) -> Path:
+    """Trainer checkpoints (resumed from after a disconnect)."""
+    return profile_dir(profile_name) / "checkpoints"
+
+
+def adapter_dir(profile_name: str) -> Path:
+    """The final LoRA adapter saved by notebook 03."""
+    return profile_dir(profile_name) / "lora_adapter"
+
+
+def mount_drive(enabled: bool = True) -> Path:
+    """On Colab, mount Google Drive so checkpoints survive a disconnect; return the artifacts dir."""
+    if enabled and not os.environ.get(ARTIFACTS_ENV):
+        try:
+            from google.colab import drive  # type: ignore[import-not-found]
+        except ImportError:
+            print("Not on Colab: artifacts stay on this machine.")
+        else:
+            drive.mount(str(DRIVE_ROOT))
+    path = artifacts_dir()
+    print(f"Artifacts folder: {path}")
+    return path

@@ -1,0 +1,183 @@
+"""Every knob in one place: a frozen dataclass per profile (`t4` on Colab, `tiny` on CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+PROFILE_ENV = "GRPO_PROFILE"
+
+
+class ProfileError(ValueError):
+    """An unknown profile name, or a profile this machine cannot run."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All settings of one run: model, LoRA, data, GRPO training and evaluation."""
+
+    name: str
+    description: str
+    # Model ------------------------------------------------------------------------------------
+    model_name: str  # a Hub id, or TINY_MODEL_NAME for the offline tiny Llama
+    requires_gpu: bool
+    load_in_4bit: bool
+    fast_inference: bool  # vLLM generation inside Unsloth (GPU only)
+    dtype: str  # compute dtype: "float16" on a T4 (no bf16), "float32" on CPU
+    max_seq_length: int
+    gpu_memory_utilization: float  # share of VRAM vLLM may take; the rest is for training
+    # LoRA -------------------------------------------------------------------------------------
+    lora_rank: int
+    lora_alpha: int
+    lora_target_modules: tuple[str, ...]
+    use_gradient_checkpointing: bool | str
+    # Data -------------------------------------------------------------------------------------
+    train_limit: int | None  # None = every training question
+    test_limit: int | None
+    # GRPO training ----------------------------------------------------------------------------
+    num_generations: int
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    max_prompt_length: int
+    max_completion_length: int
+    learning_rate: float
+    lr_scheduler_type: str
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    optim: str
+    beta: float  # KL penalty towards the starting model
+    temperature: float
+    max_steps: int
+    logging_steps: int
+    save_steps: int
+    save_total_limit: int
+    warm_start_steps: int  # supervised steps on synthetic solutions before GRPO (0 = none)
+    # Evaluation -------------------------------------------------------------------------------
+    eval_questions: int
+    eval_max_new_tokens: int
+    eval_batch_size: int
+    pi_samples: int
+    seed: int = 3407
+
+    def replace(self, **changes: object) -> "Profile":
+        """A copy with some fields changed (the notebooks' `parameters` cell uses this)."""
+        return dataclasses.replace(self, **changes)
+
+    def as_table(self) -> list[tuple[str, object]]:
+        """(field, value) rows, for showing the profile in a notebook."""
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+
+TINY_MODEL_NAME = "grpo-tiny-llama"
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+T4 = Profile(
+    name="t4",
+    description="Llama-3.1-8B-Instruct in 4-bit on a free Colab T4 (15 GB, fp16, vLLM 0.11.2)",
+    # Ungated copy of meta-llama/Llama-3.1-8B-Instruct; with load_in_4bit Unsloth fetches its
+    # pre-quantised bnb-4bit twin (5.7 GB instead of 16 GB of downloads).
+    model_name="unsloth/Meta-Llama-3.1-8B-Instruct",
+    requires_gpu=True,
+    load_in_4bit=True,  # 8B weights in 4-bit take ~5.5 GB of the T4's 15 GB
+    fast_inference=True,  # vLLM samples the group 5-10x faster than HF generate
+    dtype="float16",  # a T4 (compute capability 7.5) has no bfloat16
+    max_seq_length=1024,  # 256 prompt + 768 completion; longer does not fit next to vLLM
+    gpu_memory_utilization=0.6,  # vLLM's KV cache; the other 40% holds LoRA grads + activations
+    lora_rank=32,  # Unsloth's choice for this model: enough capacity, small optimizer state
+    lora_alpha=32,  # alpha = rank keeps the LoRA scale at 1
+    lora_target_modules=LLAMA_PROJECTIONS,
+    use_gradient_checkpointing="unsloth",  # offloaded checkpointing: the long completions fit
+    train_limit=None,
+    test_limit=None,
+    num_generations=6,  # group size: 6 answers per question give a usable advantage baseline
+    per_device_train_batch_size=6,  # one question (its 6 answers) per step
+    gradient_accumulation_steps=1,  # more would multiply the 30 s step time
+    max_prompt_length=256,  # GSM8K questions + system prompt: 99% under 256 tokens
+    max_completion_length=768,  # room for multi-line reasoning; max_seq_length - prompt
+    learning_rate=5e-6,  # GRPO moves the policy gently; 1e-5 and up destabilises 8B LoRA
+    lr_scheduler_type="cosine",
+    warmup_ratio=0.1,
+    weight_decay=0.1,
+    max_grad_norm=0.1,  # RL gradients are spiky; clip hard
+    optim="paged_adamw_8bit",  # 8-bit optimizer states, paged to CPU on memory spikes
+    beta=0.04,  # DeepSeekMath's KL weight: keeps the LoRA close to the instruct model
+    temperature=0.9,  # diverse samples inside a group, or every advantage is zero
+    max_steps=250,  # ~2-3 hours on a T4 at ~35 s/step: inside one Colab session
+    logging_steps=1,
+    save_steps=25,  # a disconnect costs at most ~15 minutes of training
+    save_total_limit=3,
+    warm_start_steps=0,  # the instruct model already follows the format well enough
+    eval_questions=200,  # GSM8K test questions for before/after (about 10 min each side with vLLM)
+    eval_max_new_tokens=768,
+    eval_batch_size=64,
+    pi_samples=8,
+)
+
+TINY = Profile(
+    name="tiny",
+    description="a tiny Llama built locally, on CPU, in minutes (CI, laptops, no network)",
+    model_name=TINY_MODEL_NAME,
+    requires_gpu=False,
+    load_in_4bit=True,  # exercises the same bitsandbytes 4-bit path as the T4
+    fast_inference=False,  # vLLM needs a GPU: generation falls back to HF generate
+    dtype="float32",
+    max_seq_length=256,
+    gpu_memory_utilization=0.0,
+    lora_rank=16,
+    lora_alpha=32,
+    lora_target_modules=LLAMA_PROJECTIONS,
+    use_gradient_checkpointing=False,  # nothing to save on a model this small
+    train_limit=512,
+    test_limit=64,
+    num_generations=4,
+    per_device_train_batch_size=8,
+    gradient_accumulation_steps=1,
+    max_prompt_length=160,
+    max_completion_length=48,
+    learning_rate=5e-4,
+    lr_scheduler_type="constant_with_warmup",
+    warmup_ratio=0.0,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    optim="adamw_torch",
+    beta=0.0,
+    temperature=1.0,
+    max_steps=30,
+    logging_steps=1,
+    save_steps=10,
+    save_total_limit=2,
+    warm_start_steps=60,
+    eval_questions=32,
+    eval_max_new_tokens=48,
+    eval_batch_size=16,
+    pi_samples=2,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (T4, TINY)}
+
+
+def get_profile(name: str | None = None, *, check_hardware: bool = True, quiet: bool = False) -> Profile:
+    """The profile named (or in $GRPO_PROFILE, or the one the hardware allows), saying which and why."""
+    from . import runtime
+
+    if name:
+        reason = "asked for by name"
+    elif os.environ.get(PROFILE_ENV, "").strip():
+        name, reason = os.environ[PROFILE_ENV].strip(), f"from ${PROFILE_ENV}"
+    elif runtime.cuda_available():
+        name, reason = "t4", "a CUDA GPU is present"
+    else:
+        name, reason = "tiny", "no CUDA GPU here, so the tiny CPU model"
+    key = name.strip().lower()
+    if key not in PROFILES:
+        valid = ", ".join(sorted(PROFILES))
+        raise ProfileError(f"Unknown profile {name!r} ({reason}). Valid profiles: {valid}. "
+                           f"Set {PROFILE_ENV} to one of them, or unset it to choose by hardware.")
+    profile = PROFILES[key]
+    if check_hardware and profile.requires_gpu:
+        runtime.require_cuda(f"the {profile.name!r} profile")
+    if not quiet:
+        print(f"Profile {profile.name!r} ({reason}): {profile.description}")
+    return profile

@@ -1,0 +1,115 @@
+"""Build (offline, seeded, in seconds) a tiny Llama-architecture model with a Llama-3.1-style tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from . import data, paths
+
+# Llama 3.1's special tokens, in its order; the pad token is the one Unsloth uses for Llama 3.1.
+BOS, EOS_TEXT, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
+PAD = "<|finetune_right_pad_id|>"
+SPECIAL_TOKENS = (BOS, EOS_TEXT, "<|start_header_id|>", "<|end_header_id|>", EOT, "<|eom_id|>",
+                  "<|python_tag|>", PAD)
+BUILD_MARKER = "grpo_tiny_build.json"
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of the tiny model and its tokenizer (changing any field rebuilds the cache)."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+    rope_theta: float = 500000.0  # Llama 3's
+    corpus_size: int = 3000
+    seed: int = 0
+    format_version: int = 1
+
+    def fingerprint(self) -> str:
+        """A short hash that names this exact build."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def llama31_chat_template() -> str:
+    """The Llama-3.1-Instruct chat template (as shipped with meta-llama/Llama-3.1-8B-Instruct)."""
+    return resources.files("grpo_helpers").joinpath("templates/llama31_chat_template.jinja").read_text()
+
+
+def tokenizer_corpus(spec: TinySpec) -> list[str]:
+    """Our own synthetic text the tokenizer is trained on: GSM8K-style problems in chat format."""
+    texts = [data.SYSTEM_PROMPT]
+    for row in data.synthetic_gsm8k(spec.corpus_size, seed=spec.seed):
+        answer = data.extract_hash_answer(row["answer"]) or ""
+        texts += [row["question"], data.format_completion(data.solution_reasoning(row["answer"]), answer)]
+    texts += [" ".join(str(i) for i in range(1000)), "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024"]
+    return texts
+
+
+def build_tokenizer(spec: TinySpec = TinySpec()):
+    """A byte-level BPE tokenizer trained on our synthetic corpus, with Llama 3.1's specials and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(tokenizer_corpus(spec), trainer)
+    # Like Llama 3.1's tokenizer: plain `tokenizer(text)` prepends <|begin_of_text|>.
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, core.token_to_id(BOS))])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, eos_token=EOT, pad_token=PAD,
+        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids: generate() rejects them
+        model_max_length=spec.max_position_embeddings, padding_side="left",
+    )
+    tokenizer.chat_template = llama31_chat_template()
+    return tokenizer
+
+
+def build_model(tokenizer, spec: TinySpec = TinySpec()):
+    """A randomly initialised (seeded) LlamaForCausalLM of the spec's shape."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=spec.max_position_embeddings,
+        rope_theta=spec.rope_theta, tie_word_embeddings=False,
+        bos_token_id=tokenizer.convert_tokens_to_ids(BOS), eos_token_id=tokenizer.convert_tokens_to_ids(EOT),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(config)
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in (EOT, EOS_TEXT, "<|eom_id|>")]
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=stop_ids,
+                                               pad_token_id=tokenizer.pad_token_id, do_sample=True,
+                                               temperature=0.6, top_p=0.9)  # Llama 3.1's defaults
+    return model
+
+
+def ensure_tiny_model(directory: Path | None = None, spec: TinySpec = TinySpec(), rebuild: bool = False) -> Path:
+    """The folder of the tiny model and tokenizer, built once and cached under the artifacts dir."""
+    directory = Path(directory) if directory else paths.artifacts_dir() / "tiny-llama"
+    marker = directory / BUILD_MARKER
+    if not rebuild and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == spec.fingerprint():
+        return directory
+    tokenizer = build_tokenizer(spec)
+    model = build_model(tokenizer, spec)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    marker.write_text(json.dumps({"fingerprint": spec.fingerprint(), "spec": asdict(spec)}, indent=2))
+    print(f"Built the tiny Llama ({model.num_parameters():,} parameters, vocab {len(tokenizer)}) in {directory}")
+    return directory

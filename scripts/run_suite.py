@@ -1,0 +1,50 @@
+"""Execute the notebooks in order, saving executed copies and a summary under outputs/."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from grpo_helpers.paths import project_root
+from grpo_helpers.profiles import get_profile
+
+ROOT = project_root()
+
+
+def main() -> int:
+    profile = get_profile()  # $GRPO_PROFILE or the hardware; says which and why
+    out_dir = ROOT / "outputs" / "executed"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        start = time.monotonic()
+        status = "ok"
+        try:
+            NotebookClient(nb, timeout=None, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
+        except CellExecutionError as error:
+            status = f"failed: {str(error).strip().splitlines()[-1][:200]}"
+        seconds = time.monotonic() - start
+        nbformat.write(nb, out_dir / path.name)
+        rows.append({"notebook": path.name, "status": status, "seconds": round(seconds, 1)})
+        print(f"{path.name}: {status} in {seconds:.0f} s", flush=True)
+        if status != "ok":
+            break
+    summary = {"profile": profile.name, "notebooks": rows, "total_seconds": round(sum(r["seconds"] for r in rows), 1)}
+    (ROOT / "outputs" / "suite_summary.json").write_text(json.dumps(summary, indent=2))
+    lines = [f"# Suite run ({profile.name} profile)", "", "| notebook | status | seconds |", "|---|---|---|"]
+    lines += [f"| {r['notebook']} | {r['status']} | {r['seconds']} |" for r in rows]
+    (ROOT / "outputs" / "suite_summary.md").write_text("\n".join(lines) + "\n")
+    print(f"Executed notebooks in {out_dir}; summary in outputs/suite_summary.md")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
