@@ -220,7 +220,10 @@ def _raw_rows(split: str, source: str | None, seed: int) -> tuple[list[dict[str,
 
 
 def load_gsm8k(split: str, profile: "Profile | None" = None, source: str | None = None) -> "datasets.Dataset":
-    """GSM8K `split` as a Dataset with `prompt` (system + user messages), `answer` and `question`."""
+    """GSM8K `split` as a Dataset with `prompt` (system + user messages), `answer` and `question`.
+
+    `source` (else the profile's `data_source`): None tries $GSM8K_DIR, then the Hub, then the
+    synthetic generator; "dir", "hub" or "synthetic" insist on one."""
     import datasets
 
     if split not in SPLITS:
@@ -228,6 +231,8 @@ def load_gsm8k(split: str, profile: "Profile | None" = None, source: str | None 
     if source not in (None, "hub", "dir", "synthetic"):
         raise ValueError(f"source must be None (auto), 'hub', 'dir' or 'synthetic', not {source!r}")
     seed = profile.seed if profile else 3407
+    if source is None and profile is not None:
+        source = profile.data_source
     rows, origin = _raw_rows(split, source, seed)
     records = [{"prompt": format_prompt(row["question"]), "answer": extract_hash_answer(row["answer"]),
                 "question": row["question"], "solution": row["answer"]} for row in rows]

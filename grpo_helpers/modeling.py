@@ -22,7 +22,7 @@ def import_unsloth() -> Any:
 def model_path(profile: Profile) -> str:
     """The Hub id to download, or the local folder of the tiny model (built on first use)."""
     if profile.model_name == TINY_MODEL_NAME:
-        return str(tiny.ensure_tiny_model())
+        return str(tiny.ensure_tiny_model(spec=tiny.TinySpec(warm_start_steps=profile.warm_start_steps)))
     return profile.model_name
 
 

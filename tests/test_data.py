@@ -52,7 +52,7 @@ def test_profile_limits_and_shuffles_train(monkeypatch, gsm8k_dir):
     from grpo_helpers.profiles import PROFILES
 
     monkeypatch.setenv("GSM8K_DIR", str(gsm8k_dir))
-    tiny = PROFILES["tiny"]
+    tiny = PROFILES["tiny"].replace(data_source=None)  # the real files, not tiny's synthetic task
     train = load_gsm8k("train", tiny)
     assert len(train) == tiny.train_limit
     assert train["question"] == load_gsm8k("train", tiny)["question"]  # same seed, same order
@@ -86,6 +86,13 @@ def test_forcing_the_hub_offline_raises(monkeypatch):
 def test_hub_offline_env_means_unreachable(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert data.hub_reachable() is False
+
+
+def test_tiny_profile_trains_on_synthetic_problems(monkeypatch, gsm8k_dir):
+    from grpo_helpers.profiles import PROFILES
+
+    monkeypatch.setenv("GSM8K_DIR", str(gsm8k_dir))
+    assert load_gsm8k("test", PROFILES["tiny"])["question"] == [r["question"] for r in data.synthetic_gsm8k(300, seed=3408)][:64]
 
 
 def test_bad_split_and_source():

@@ -56,7 +56,7 @@ def test_t4_fits_a_t4():
 
 def test_tiny_runs_without_gpu_or_vllm():
     tiny = PROFILES["tiny"]
-    assert not tiny.requires_gpu and not tiny.fast_inference and tiny.load_in_4bit
+    assert not tiny.requires_gpu and not tiny.fast_inference and tiny.dtype == "float32"
     assert tiny.per_device_train_batch_size % tiny.num_generations == 0
 
 

@@ -1,0 +1,134 @@
+"""Time per call of each default reward: on a realistic batch, and on 200 KB adversarial completions.
+
+    python benchmarks/bench_rewards.py [--questions 16] [--repeats 20] [--math-verify]
+
+The realistic batch is six replies per GSM8K question (rewards.example_completions: perfect,
+one-line, chatty, wrong, untagged, cut off), from $GSM8K_DIR/test.jsonl when set, else from the
+synthetic generator. Each adversarial completion is ~200 KB and built to break naive parsers
+(unclosed and nested tags, 200,000-digit numbers, 100,000 numbers in one answer); the budget
+is 50 ms per reward per completion. --math-verify also times math_verify.parse on the same
+answers, the reason it is not in the reward path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grpo_helpers import data, rewards  # noqa: E402
+
+BUDGET_MS = 50.0
+ADVERSARIAL = {
+    "<reasoning> x 20000": "<reasoning>" * 20_000,
+    "<answer> x 25000, unclosed": "<answer>" * 25_000,
+    "nested unclosed tags": ("<reasoning><answer>" * 11_000)[:200_000],
+    "100000 numbers in <answer>": "<answer>" + "1 " * 100_000 + "</answer>",
+    "200000 nines": "9" * 200_000,
+    "200000 nines in <answer>": "<answer>" + "9" * 200_000 + "</answer>",
+    "thousands commas in <answer>": "<answer>" + "1," * 100_000 + "</answer>",
+    "fractions in <answer>": "<answer>" + "1/" * 100_000 + "</answer>",
+    "LaTeX fractions in <answer>": "<answer>" + "\\frac{1}{" * 25_000 + "</answer>",
+    "strict separators x 9000": "<reasoning>\n" + "\n</reasoning>\n<answer>\n" * 9_000 + "\n</answer>",
+    "200 KB whitespace reasoning": "<reasoning>\n" + " " * 200_000 + "\n</reasoning>\n<answer>\n5\n</answer>",
+}
+
+
+def realistic_batch(questions: int) -> tuple[list[str], list[str], str]:
+    """Six example replies per question, their gold answers, and where the questions came from."""
+    directory = os.environ.get(data.GSM8K_DIR_ENV, "").strip()
+    if directory:
+        with (Path(directory) / "test.jsonl").open(encoding="utf-8") as handle:
+            rows = [json.loads(line) for _, line in zip(range(questions), handle)]
+        origin = f"{directory}/test.jsonl"
+    else:
+        rows, origin = data.synthetic_gsm8k(questions, seed=0), "the synthetic generator"
+    completions, answers = [], []
+    for row in rows:
+        gold = data.extract_hash_answer(row["answer"]) or "0"
+        replies = rewards.example_completions(data.solution_reasoning(row["answer"]), gold)
+        completions += replies.values()
+        answers += [gold] * len(replies)
+    return completions, answers, origin
+
+
+def median_ms(call, repeats: int) -> float:
+    """Median wall time of `call()` in milliseconds, after one warm-up call."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    """Time every default reward on both workloads and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--math-verify", action="store_true")
+    args = parser.parse_args()
+
+    completions, answers, origin = realistic_batch(args.questions)
+    size_kb = sum(len(c) for c in completions) / 1000
+    print(f"Realistic batch: {len(completions)} completions ({size_kb:.0f} KB) for {args.questions} "
+          f"questions from {origin}; median of {args.repeats} calls\n")
+    print(f"{'reward':<24}{'ms per batch call':>20}{'us per completion':>20}")
+    for func in rewards.DEFAULT_REWARDS:
+        ms = median_ms(lambda: func(prompts=None, completions=completions, answer=answers), args.repeats)
+        print(f"{func.__name__:<24}{ms:>20.3f}{ms * 1000 / len(completions):>20.1f}")
+
+    names = [f.__name__ for f in rewards.DEFAULT_REWARDS]
+    print(f"\nAdversarial completions, one per call; ms per call, median of {max(3, args.repeats // 4)} "
+          f"(budget {BUDGET_MS:.0f} ms)\n")
+    print(f"{'completion':<32}{'KB':>6}" + "".join(f"{n.replace('_reward', ''):>16}" for n in names))
+    worst = dict.fromkeys(names, 0.0)
+    for label, text in ADVERSARIAL.items():
+        row = []
+        for func in rewards.DEFAULT_REWARDS:
+            ms = median_ms(lambda: func(prompts=None, completions=[text], answer=["5"]), max(3, args.repeats // 4))
+            worst[func.__name__] = max(worst[func.__name__], ms)
+            row.append(ms)
+        print(f"{label:<32}{len(text) / 1000:>6.0f}" + "".join(f"{ms:>16.3f}" for ms in row))
+    print(f"{'worst':<38}" + "".join(f"{worst[n]:>16.3f}" for n in names))
+    over = [n for n in names if worst[n] > BUDGET_MS]
+    print(f"\n{'OVER BUDGET: ' + ', '.join(over) if over else 'Every reward stays under the 50 ms budget.'}")
+
+    if args.math_verify:
+        import logging
+
+        import math_verify
+
+        # Its timeout warning prints the whole input: 200 KB per line.
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
+        texts = [rewards.extract_xml_answer(c) or "" for c in completions]
+        math_verify.parse("1")  # warm-up: the first call imports sympy and builds the grammars
+        start = time.perf_counter()
+        for text in texts:
+            math_verify.parse(text)
+        per_answer = (time.perf_counter() - start) * 1000 / len(texts)
+        start = time.perf_counter()
+        for text in texts:
+            rewards.parse_number(text)
+        ours = (time.perf_counter() - start) * 1000 / len(texts)
+        print(f"\nmath_verify.parse: {per_answer:.3f} ms per realistic answer (parse_number: {ours:.4f} ms)")
+        short_bomb = "$" + "(" * 60 + "1" + ")" * 60 + "$"  # 122 characters
+        for label, answer in [*((k, rewards.extract_xml_answer(ADVERSARIAL[k]) or "") for k in
+                                ["100000 numbers in <answer>", "200000 nines in <answer>"]),
+                              ("60 nested parentheses (122 chars)", short_bomb)]:
+            start = time.perf_counter()
+            math_verify.parse(answer)  # its default timeout: 5 s, by SIGALRM
+            print(f"math_verify.parse on {label!r}: {(time.perf_counter() - start) * 1000:.0f} ms "
+                  f"(parse_number: {median_ms(lambda: rewards.parse_number(answer), 3):.3f} ms)")
+
+
+if __name__ == "__main__":
+    main()

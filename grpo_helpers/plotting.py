@@ -1,0 +1,74 @@
+"""The figures: reward curves while training, before/after bars."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+REWARD_PREFIX = "rewards/"
+
+
+def metrics_table(long_rows: "pd.DataFrame") -> "pd.DataFrame":
+    """metrics.csv's long rows (step, name, value) as one row per step, one column per metric."""
+    if long_rows.empty:
+        return long_rows
+    return long_rows.pivot_table(index="step", columns="name", values="value", aggfunc="last").sort_index()
+
+
+def smooth(values: "pd.Series", window: int) -> "pd.Series":
+    """A trailing rolling mean (window >= 1), so early steps still show."""
+    return values.rolling(window=max(1, window), min_periods=1).mean()
+
+
+def plot_training_curves(table: "pd.DataFrame", window: int = 5, title: str = "GRPO training") -> "Figure":
+    """Total reward, each reward function, completion length and KL (when logged), smoothed."""
+    import matplotlib.pyplot as plt
+
+    reward_cols = [c for c in table.columns if c.startswith(REWARD_PREFIX) and c.endswith("/mean")]
+    panels = [("reward", "total reward (weighted)")]
+    panels += [("__per_reward__", "each reward function")] if reward_cols else []
+    panels += [("completions/mean_length", "completion length (tokens)")]
+    if "kl" in table.columns and table["kl"].notna().any():
+        panels.append(("kl", "KL to the starting model"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels):
+        if column == "__per_reward__":
+            for name in reward_cols:
+                series = table[name].dropna()
+                ax.plot(series.index, smooth(series, window), label=name[len(REWARD_PREFIX):-len("/mean")])
+            ax.legend(fontsize=7)
+        elif column in table.columns:
+            series = table[column].dropna()
+            ax.plot(series.index, series, color="0.8", linewidth=1)
+            ax.plot(series.index, smooth(series, window), linewidth=2)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title} (smoothed over {window} steps)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_before_after(scores: Mapping[str, Mapping[str, float]], metrics: Sequence[str],
+                      title: str = "Before vs after GRPO") -> "Figure":
+    """Grouped bars: one group per metric, one bar per model (e.g. 'base' and 'trained')."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(scores)
+    x = np.arange(len(metrics))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(metrics), 3.6))
+    for i, model in enumerate(models):
+        values = [scores[model].get(m, float("nan")) for m in metrics]
+        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(x, metrics)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

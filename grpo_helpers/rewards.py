@@ -1,0 +1,388 @@
+"""The reward functions GRPO trains on (TRL's signature), answer extraction and number parsing.
+
+Every reward takes `(prompts, completions, **kwargs)` with the dataset's columns in kwargs
+(`answer` holds the gold number), accepts completions as strings or as chat messages, returns one
+float per completion and never raises: a reward that crashes kills a three-hour Colab run, so a
+completion that cannot be scored scores 0.0 instead. Everything runs in linear time: tags are
+found with `str.find`/`str.count` and the only regexes cannot backtrack more than a few characters.
+
+Each reward returns values on a 0..1 scale (so its curve in TRL's logs reads as "share of the
+group that ...") and `DEFAULT_REWARD_WEIGHTS` sets how much each one counts.
+
+Several numbers in one answer: the last one counts ("48 + 24 = 72"), and since only one is ever
+compared, listing candidates does not pay; `numeric_answer_reward` pays for a single bare number.
+math-verify is not used here: it is ~50x slower per answer and can spend seconds on one answer
+(5 s timeouts on 200 KB of numbers and on 122 characters of nested parentheses, see
+benchmarks/bench_rewards.py --math-verify), and its SIGALRM timeout fails outside the main thread.
+GSM8K's gold answers are all integers, so a linear parser of plain numbers (and LaTeX fractions)
+is the better tool here; the tests use math-verify as the reference it agrees with.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import data
+
+if TYPE_CHECKING:
+    import pandas
+
+RewardFunc = Callable[..., list[float]]
+
+REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+FORMAT_TAGS = (REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+# A GSM8K answer has at most 8 digits; a longer "number" is garbage, and refusing it keeps
+# float() and int() away from 200,000-digit strings.
+MAX_NUMBER_CHARS = 40
+TRAILING_TEXT_PENALTY_PER_CHAR = 0.001
+TRAILING_TEXT_PENALTY_CAP = 0.5
+_TAIL_CHARS = 4 * MAX_NUMBER_CHARS + 16  # longer than any number parse_number accepts
+_NUMBER_CHARS = frozenset("0123456789,./$-\u2212 ")
+ADVANTAGE_EPSILON = 1e-4  # TRL 0.22.2 divides by (std + 1e-4)
+
+# One number: an optional sign (not a hyphen glued to a word or number: "10-12", "x-5"), an
+# optional "$", digits with or without thousands commas, an optional decimal part, and an optional
+# "/denominator". Every part is bounded or followed by a fixed character, so a failed attempt
+# backtracks a few characters at most: linear time on any input.
+_NUMBER = re.compile(
+    r"(?:(?<![\w)])(?P<minus>[-\u2212]))?\$?"
+    r"(?P<numerator>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?:\s?/\s?(?P<denominator>\d+(?:\.\d+)?))?",
+    re.ASCII,
+)
+_BARE_NUMBER = re.compile(rf"(?:{_NUMBER.pattern})%?\.?", re.ASCII)
+# LaTeX a model may put in <answer>: \frac{3}{4} -> 3/4, 1{,}234 -> 1,234.
+_LATEX_FRACTION = re.compile(r"\\[dt]?frac\{\s?(-?[\d.,]{1,40})\s?\}\{\s?([\d.,]{1,40})\s?\}", re.ASCII)
+
+
+# --- reading a completion -------------------------------------------------------------------------
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion: a string, or the content of chat messages; "" for anything else."""
+    if isinstance(completion, (list, tuple)) and completion:
+        completion = completion[-1]  # TRL's chat completions: [{"role": "assistant", "content": ...}]
+    if isinstance(completion, dict):
+        completion = completion.get("content")
+    return completion if isinstance(completion, str) else ""
+
+
+def extract_xml_answer(text: str) -> str | None:
+    """The stripped text between the last <answer> and the </answer> after it; None if there is none."""
+    if not isinstance(text, str):
+        return None
+    start = text.rfind(ANSWER_OPEN)
+    if start < 0:
+        return None
+    start += len(ANSWER_OPEN)
+    # An unclosed answer is usually a completion cut off at max length: "<answer>\n12" may be "125".
+    end = text.find(ANSWER_CLOSE, start)
+    return text[start:end].strip() if end >= 0 else None
+
+
+def _number_value(match: re.Match[str]) -> float | None:
+    numerator, denominator = match["numerator"].replace(",", ""), match["denominator"]
+    if len(numerator) > MAX_NUMBER_CHARS or (denominator and len(denominator) > MAX_NUMBER_CHARS):
+        return None
+    value = float(numerator)
+    if denominator is not None:
+        divisor = float(denominator)
+        if divisor == 0:
+            return None
+        value /= divisor
+    if match["minus"]:
+        value = -value
+    return value if math.isfinite(value) else None
+
+
+def _normalise_latex(text: str) -> str:
+    if "\\" not in text and "{,}" not in text:
+        return text
+    return _LATEX_FRACTION.sub(r"\1/\2", text.replace("{,}", ","))
+
+
+def parse_number(text: str) -> float | None:
+    """The last number in `text` ("$1,234.00" -> 1234.0, "1/2" -> 0.5, "3 apples" -> 3.0); None if none."""
+    if not isinstance(text, str):
+        return None
+    text = _normalise_latex(text)
+    last_digit = max(text.rfind(digit) for digit in "0123456789")
+    if last_digit < 0:
+        return None
+    # Only the tail can hold the last number: scanning it alone keeps "1 1 1 ... 1" (100,000
+    # numbers) as fast as "1". A number that does not fit in the tail is too long to be an answer.
+    start = max(0, last_digit + 1 - _TAIL_CHARS)
+    last = deque(_NUMBER.finditer(text, start), maxlen=1)
+    if not last or (start > 0 and last[0].start() == start and text[start - 1] in _NUMBER_CHARS):
+        return None
+    return _number_value(last[0])
+
+
+def parse_bare_number(text: str) -> float | None:
+    """The value of `text` if it is one number and nothing else ("$1,234", "-3", "50%", "1/2")."""
+    if not isinstance(text, str):
+        return None
+    match = _BARE_NUMBER.fullmatch(_normalise_latex(text.strip()))
+    return _number_value(match) if match else None
+
+
+def numbers_equal(predicted: float | None, gold: float | None) -> bool:
+    """True when both numbers exist and agree to within float rounding."""
+    if predicted is None or gold is None:
+        return False
+    return math.isclose(predicted, gold, rel_tol=1e-9, abs_tol=1e-9)
+
+
+# --- per-completion scores (0..1) -----------------------------------------------------------------
+
+def _gold_value(gold: Any) -> float | None:
+    if isinstance(gold, str):
+        return parse_number(gold)
+    if isinstance(gold, numbers.Real) and not isinstance(gold, bool):  # also numpy's ints and floats
+        value = float(gold)
+        return value if math.isfinite(value) else None
+    return None
+
+
+def _is_correct(text: str, gold: Any) -> float:
+    return 1.0 if numbers_equal(parse_number(extract_xml_answer(text) or ""), _gold_value(gold)) else 0.0
+
+
+def _is_numeric_answer(text: str) -> float:
+    answer = extract_xml_answer(text)
+    return 1.0 if answer is not None and parse_bare_number(answer) is not None else 0.0
+
+
+def _is_strict_format(text: str) -> float:
+    body = text.strip()
+    head, tail = REASONING_OPEN + "\n", "\n" + ANSWER_CLOSE
+    if not (body.startswith(head) and body.endswith(tail)):
+        return 0.0
+    if any(body.count(tag) != 1 for tag in FORMAT_TAGS):
+        return 0.0
+    middle = body[len(head):-len(tail)]
+    reasoning, separator, answer = middle.partition(f"\n{REASONING_CLOSE}\n{ANSWER_OPEN}\n")
+    return 1.0 if separator and reasoning.strip() and answer.strip() else 0.0
+
+
+def _is_soft_format(text: str) -> float:
+    body = text.lstrip()
+    if not body.startswith(REASONING_OPEN):
+        return 0.0
+    reasoning_end = body.find(REASONING_CLOSE, len(REASONING_OPEN))
+    if reasoning_end < 0:
+        return 0.0
+    after_reasoning = body[reasoning_end + len(REASONING_CLOSE):].lstrip()
+    if not after_reasoning.startswith(ANSWER_OPEN):
+        return 0.0
+    return 1.0 if after_reasoning.find(ANSWER_CLOSE, len(ANSWER_OPEN)) >= 0 else 0.0
+
+
+def _tag_count_score(text: str) -> float:
+    score = sum(0.25 for tag in FORMAT_TAGS if text.count(tag) == 1)
+    end = text.rfind(ANSWER_CLOSE)
+    if end >= 0:
+        trailing = len(text[end + len(ANSWER_CLOSE):].strip())
+        score -= min(TRAILING_TEXT_PENALTY_CAP, TRAILING_TEXT_PENALTY_PER_CHAR * trailing)
+    return score
+
+
+def _broadcast(values: Any, n: int) -> list[Any]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        return [values] * n  # one gold for every completion
+    try:
+        values = list(values)
+    except Exception:
+        return [None] * n
+    return (values + [None] * n)[:n]
+
+
+def _completion_texts(completions: Any) -> list[str]:
+    if completions is None:
+        return []
+    if isinstance(completions, (str, dict)):
+        completions = [completions]
+    try:
+        return [completion_text(c) for c in completions]
+    except Exception:
+        return []
+
+
+def _safe_score(score: Callable[..., float], *args: Any) -> float:
+    # Defence in depth: one unscorable completion costs its own reward, not the whole run.
+    try:
+        value = float(score(*args))
+    except Exception:
+        return 0.0
+    return value if math.isfinite(value) else 0.0
+
+
+# --- the rewards TRL calls (their __name__ is what TRL's logs and reward curves show) ---------------
+
+def correctness_reward(prompts: Any = None, completions: Any = None, answer: Any = None, **kwargs: Any) -> list[float]:
+    """1.0 when the last number inside <answer>...</answer> equals the gold answer, else 0.0."""
+    texts = _completion_texts(completions)
+    return [_safe_score(_is_correct, text, gold) for text, gold in zip(texts, _broadcast(answer, len(texts)))]
+
+
+def numeric_answer_reward(prompts: Any = None, completions: Any = None, **kwargs: Any) -> list[float]:
+    """1.0 when <answer>...</answer> holds one bare number ("42", "$1,234", "-3", "1/2"), else 0.0."""
+    return [_safe_score(_is_numeric_answer, text) for text in _completion_texts(completions)]
+
+
+def strict_format_reward(prompts: Any = None, completions: Any = None, **kwargs: Any) -> list[float]:
+    """1.0 when the whole reply is "<reasoning>\\n...\\n</reasoning>\\n<answer>\\n...\\n</answer>" (any lines)."""
+    return [_safe_score(_is_strict_format, text) for text in _completion_texts(completions)]
+
+
+def soft_format_reward(prompts: Any = None, completions: Any = None, **kwargs: Any) -> list[float]:
+    """1.0 when the reply opens with <reasoning>...</reasoning> followed by <answer>...</answer>, any spacing."""
+    return [_safe_score(_is_soft_format, text) for text in _completion_texts(completions)]
+
+
+def tag_count_reward(prompts: Any = None, completions: Any = None, **kwargs: Any) -> list[float]:
+    """0.25 per format tag present exactly once, minus 0.001 per character after </answer> (at most 0.5)."""
+    return [_safe_score(_tag_count_score, text) for text in _completion_texts(completions)]
+
+
+DEFAULT_REWARDS: list[RewardFunc] = [
+    correctness_reward, numeric_answer_reward, strict_format_reward, soft_format_reward, tag_count_reward]
+# Correctness is what we want, so it outweighs every format reward together: the best-formatted
+# wrong answer totals 1.5, a correct answer at least 2.0 - 0.25 * 0.5 = 1.875, so GRPO always ranks
+# a right answer above a wrong one. The format rewards still matter: while few answers in a group
+# are right they are the only rewards that differ inside the group, hence the only gradient.
+# Strict is the target layout and counts double the soft one and the tag count, which are the
+# stepping stones that give partial credit early on. A bare number makes the answer unambiguous.
+DEFAULT_REWARD_WEIGHTS: list[float] = [2.0, 0.5, 0.5, 0.25, 0.25]
+MAX_TOTAL_REWARD: float = sum(DEFAULT_REWARD_WEIGHTS)  # every reward's best score is 1.0
+
+
+def describe_rewards(reward_funcs: Sequence[RewardFunc] = DEFAULT_REWARDS,
+                     weights: Sequence[float] = DEFAULT_REWARD_WEIGHTS) -> "pandas.DataFrame":
+    """A table of the rewards: name (as TRL logs it), weight, and what each one checks."""
+    import pandas as pd
+
+    return pd.DataFrame({"reward": [f.__name__ for f in reward_funcs], "weight": list(weights),
+                         "checks": [(f.__doc__ or "").strip().splitlines()[0] for f in reward_funcs]})
+
+
+def example_completions(reasoning: str, answer: str) -> dict[str, str]:
+    """Six replies to one question, from perfect to broken: a hand-made "group" for the demos."""
+    gold = parse_number(answer)
+    wrong = str(int(gold) + 7) if gold is not None and gold.is_integer() else "7"
+    perfect = data.format_completion(reasoning, answer)
+    one_line = " ".join(reasoning.split())
+    chatty = data.format_completion(reasoning, f"${answer} dollars") + "\nHope this helps!"
+    return {
+        "correct, strict format": perfect,
+        "correct, one-line tags": f"<reasoning>{one_line}</reasoning> <answer>{answer}</answer>",
+        "correct as '$N dollars', chatty end": chatty,
+        "wrong number, strict format": data.format_completion(reasoning, wrong),
+        "right number, no tags": f"{reasoning}\nThe answer is {answer}.",
+        "cut off inside <answer>": perfect[: perfect.rindex(ANSWER_CLOSE)],
+    }
+
+
+def score_completions(completions: Sequence[Any], answers: Sequence[Any] | Any,
+                      reward_funcs: Sequence[RewardFunc] = DEFAULT_REWARDS,
+                      weights: Sequence[float] | None = None,
+                      labels: Sequence[str] | None = None) -> "pandas.DataFrame":
+    """One row per completion, one column per reward (unweighted) and the weighted `total`."""
+    import pandas as pd
+
+    if weights is None:
+        weights = DEFAULT_REWARD_WEIGHTS if list(reward_funcs) == DEFAULT_REWARDS else [1.0] * len(reward_funcs)
+    if len(weights) != len(reward_funcs):
+        raise ValueError(f"{len(weights)} weights for {len(reward_funcs)} reward functions")
+    completions = list(completions)
+    prompts = [None] * len(completions)
+    table = pd.DataFrame({func.__name__: func(prompts=prompts, completions=completions, answer=answers)
+                          for func in reward_funcs}, index=list(labels) if labels is not None else None)
+    table["total"] = sum(table[func.__name__] * weight for func, weight in zip(reward_funcs, weights))
+    return table
+
+
+# --- GRPO's group-relative advantage --------------------------------------------------------------
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _sample_std(values: Sequence[float]) -> float:
+    # torch.std's default: the unbiased (n - 1) estimate, as TRL uses it.
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def group_advantages(rewards: Sequence[float], group_size: int, scale_rewards: bool | str = True) -> list[float]:
+    """Each reward minus its group's mean, divided by (group std + 1e-4), as TRL 0.22.2 computes it."""
+    scale = {True: "group", False: "none"}.get(scale_rewards, scale_rewards)
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale_rewards must be True/'group', 'batch' or False/'none', not {scale_rewards!r}")
+    rewards = [float(r) for r in rewards]
+    if group_size < 2 or not rewards or len(rewards) % group_size:
+        raise ValueError(f"need groups of at least 2 completions; got {len(rewards)} rewards, group_size={group_size}")
+    batch_std = _sample_std(rewards)
+    advantages = []
+    for start in range(0, len(rewards), group_size):
+        group = rewards[start:start + group_size]
+        mean = _mean(group)
+        if scale == "none":
+            advantages += [r - mean for r in group]
+        else:
+            std = _sample_std(group) if scale == "group" else batch_std
+            advantages += [(r - mean) / (std + ADVANTAGE_EPSILON) for r in group]
+    return advantages
+
+
+def _tiny_grpo_trainer(reward_funcs: Sequence[RewardFunc], rows: list[dict[str, Any]], group_size: int,
+                       reward_weights: Sequence[float] | None = None, scale_rewards: bool | str = True,
+                       model: Any = None, tokenizer: Any = None, output_dir: str = "grpo-probe") -> Any:
+    """A real TRL GRPOTrainer on CPU over `rows` (the tiny model unless one is given), for probing TRL."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from . import tiny
+
+    if model is None:
+        # Plain transformers on CPU: the same path on a laptop, in CI and on a Colab GPU runtime.
+        model_dir = tiny.ensure_tiny_model()
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    config = GRPOConfig(output_dir=output_dir, use_cpu=True, bf16=False, report_to="none",
+                        gradient_checkpointing=False,  # TRL 0.22.2 defaults it to True, which breaks gradients here
+                        per_device_train_batch_size=len(rows) * group_size, gradient_accumulation_steps=1,
+                        num_generations=group_size, scale_rewards=scale_rewards,
+                        reward_weights=list(reward_weights) if reward_weights is not None else None,
+                        max_prompt_length=128, max_completion_length=8, save_strategy="no", seed=0)
+    return GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=list(reward_funcs), args=config,
+                       train_dataset=Dataset.from_list(rows))
+
+
+def trl_advantages(rewards: Sequence[float], group_size: int, scale_rewards: bool | str = True,
+                   model: Any = None, tokenizer: Any = None) -> list[float]:
+    """The advantages a real TRL GRPOTrainer computes from these rewards (the tiny model samples)."""
+    import tempfile
+
+    rewards = [float(r) for r in rewards]
+    if group_size < 2 or not rewards or len(rewards) % group_size:
+        raise ValueError(f"need groups of at least 2 completions; got {len(rewards)} rewards, group_size={group_size}")
+
+    def preset_reward(prompts: Any = None, completions: Any = None, **kwargs: Any) -> list[float]:
+        """The rewards we were given, in order (TRL scores the whole generation batch in one call)."""
+        return list(rewards)
+
+    rows = [{"prompt": data.format_prompt(f"What is {i} + {i}?")} for i in range(len(rewards) // group_size)]
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = _tiny_grpo_trainer([preset_reward], rows, group_size, scale_rewards=scale_rewards,
+                                     model=model, tokenizer=tokenizer, output_dir=output_dir)
+        # TRL's sampler hands each prompt over group_size times in a row; so do we.
+        batch = [row for row in rows for _ in range(group_size)]
+        scored = trainer._generate_and_score_completions(batch)
+    return [float(a) for a in scored["advantages"]]
