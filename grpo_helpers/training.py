@@ -155,11 +155,19 @@ def live_metrics_callback(profile: Profile, redraw_every_s: float = 15.0) -> Any
 
 
 def latest_checkpoint(directory: str | Path) -> str | None:
-    """The newest `checkpoint-N` folder in `directory` (None when there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` folder in `directory` (None when there is none).
 
+    A disconnect can cut a checkpoint off half-written; the Trainer writes trainer_state.json
+    last, so a folder without it is skipped rather than crashing the resume."""
     directory = Path(directory)
-    return get_last_checkpoint(str(directory)) if directory.is_dir() else None
+    if not directory.is_dir():
+        return None
+    steps = [(int(p.name.split("-")[1]), p) for p in directory.glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and p.is_dir()]
+    for _, folder in sorted(steps, reverse=True):
+        if (folder / "trainer_state.json").is_file():
+            return str(folder)
+    return None
 
 
 def build_trainer(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
@@ -227,14 +235,15 @@ def _table(metrics_csv: str | Path) -> Any:
 def train_grpo(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
                reward_funcs: Sequence[Callable[..., list[float]]] | None = None,
                reward_weights: Sequence[float] | None = None, resume: bool = True,
-               redraw_every_s: float = 15.0, **config_overrides: Any) -> TrainingResult:
+               redraw_every_s: float = 15.0, callbacks: Sequence[Any] = (),
+               **config_overrides: Any) -> TrainingResult:
     """Train with GRPO, resuming from the newest checkpoint, then save the adapter and its JSON card."""
     from .install import installed_versions
     from .modeling import save_adapter
 
     callback = live_metrics_callback(profile, redraw_every_s)
     trainer = build_trainer(model, tokenizer, train_dataset, profile, reward_funcs, reward_weights,
-                            callbacks=[callback], **config_overrides)
+                            callbacks=[callback, *callbacks], **config_overrides)
     checkpoint = latest_checkpoint(trainer.args.output_dir) if resume else None
     if checkpoint:
         print(f"Resuming from {checkpoint} (the newest checkpoint): earlier steps are not redone.")

@@ -1,0 +1,142 @@
+"""GRPO training: config from the profile, live metrics, checkpoints/resume, and real learning on CPU."""
+
+import json
+import warnings
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+
+from grpo_helpers import data, modeling, paths, rewards, tiny, training
+from grpo_helpers.profiles import PROFILES
+
+TINY = PROFILES["tiny"]
+
+
+def test_config_follows_the_profile(tmp_path):
+    config = training.build_grpo_config(TINY, tmp_path, rewards.DEFAULT_REWARD_WEIGHTS)
+    assert config.num_generations == TINY.num_generations and config.max_steps == TINY.max_steps
+    assert config.max_completion_length == TINY.max_completion_length and config.temperature == TINY.temperature
+    assert config.reward_weights == rewards.DEFAULT_REWARD_WEIGHTS
+    assert config.gradient_checkpointing is False and config.save_steps == TINY.save_steps
+    assert not config.fp16 and not config.bf16  # CPU
+
+
+def test_t4_values_are_fp16_vllm_and_fit_a_group_per_step(tmp_path):
+    values = training.grpo_config_values(PROFILES["t4"], tmp_path)
+    assert values["use_vllm"] is True and values["optim"] == "paged_adamw_8bit"
+    assert values["bf16"] is False  # a T4 has no bf16, on any machine
+    batch = values["per_device_train_batch_size"] * values["gradient_accumulation_steps"]
+    assert batch % values["num_generations"] == 0
+
+
+def test_unknown_arguments_are_dropped_with_a_warning_naming_them(tmp_path):
+    with pytest.warns(UserWarning, match="vllm_turbo_mode"):
+        config = training.build_grpo_config(TINY, tmp_path, vllm_turbo_mode=True)
+    assert not hasattr(config, "vllm_turbo_mode")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the profile's own values all exist in the pinned TRL
+        training.build_grpo_config(PROFILES["t4"].replace(fast_inference=False), tmp_path)
+
+
+def test_latest_checkpoint_skips_half_written_ones(tmp_path):
+    assert training.latest_checkpoint(tmp_path / "none") is None
+    for step in (5, 10, 15):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (5, 10):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-junk").mkdir()
+    assert training.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+
+
+def test_callback_appends_metrics_and_draws_curves(artifacts):
+    callback = training.live_metrics_callback(TINY, redraw_every_s=0.0)
+    for step in range(1, 5):
+        logs = {"reward": 0.5 + step / 10, "rewards/correctness_reward/mean": step / 10,
+                "completions/mean_length": 40.0 - step, "kl": 0.01 * step, "note": "text is skipped"}
+        callback.on_log(None, SimpleNamespace(global_step=step, epoch=step / 100), None, logs=logs)
+    table = training.read_metrics(callback.metrics_path)
+    assert len(table) == 4 * 4 and set(table["name"]) == {"reward", "rewards/correctness_reward/mean",
+                                                          "completions/mean_length", "kl"}
+    assert callback.png_path.is_file() and callback.png_path.stat().st_size > 10_000
+    summary = training.reward_summary(callback.metrics_path, window=2)
+    assert summary["reward first 2"] == pytest.approx(0.65) and summary["reward last 2"] == pytest.approx(0.85)
+
+
+@pytest.fixture(scope="module")
+def warm_tiny_dir(tmp_path_factory):
+    """The tiny model exactly as the tiny profile builds it (with its warm start), built once."""
+    spec = tiny.TinySpec(warm_start_steps=TINY.warm_start_steps)
+    return tiny.ensure_tiny_model(tmp_path_factory.mktemp("warm") / "tiny-llama", spec=spec)
+
+
+def _load(profile, model_dir):
+    with mock.patch.object(modeling, "model_path", lambda p: str(model_dir)):
+        return modeling.load_model(profile)
+
+
+def _mean_reward(model, tokenizer, rows, profile, samples=4):
+    from grpo_helpers.generation import SamplingSettings, generate_samples
+
+    settings = SamplingSettings(max_new_tokens=profile.max_completion_length, temperature=profile.temperature,
+                                num_samples=samples, seed=profile.seed)
+    replies = generate_samples(model, tokenizer, [data.format_prompt(r["question"]) for r in rows], settings,
+                               batch_size=len(rows))
+    flat = [reply for group in replies for reply in group]
+    golds = [data.extract_hash_answer(r["answer"]) for r in rows for _ in range(samples)]
+    return rewards.score_completions(flat, golds)["total"].mean()
+
+
+@pytest.mark.slow
+def test_tiny_profile_really_learns(artifacts, warm_tiny_dir):
+    """Held-out mean total reward after GRPO is clearly above before, with a fixed seed."""
+    model, tokenizer = _load(TINY, warm_tiny_dir)
+    held_out = data.synthetic_gsm8k(64, seed=999)  # not the training seed
+    before = _mean_reward(model, tokenizer, held_out, TINY)
+    result = training.train_grpo(model, tokenizer, data.load_gsm8k("train", TINY), TINY, redraw_every_s=1e9)
+    after = _mean_reward(model, tokenizer, held_out, TINY)
+    print(f"held-out mean total reward: before {before:.3f}, after {after:.3f} (max {rewards.MAX_TOTAL_REWARD})")
+    assert after - before > 0.2, f"GRPO did not clearly improve the tiny model: {before:.3f} -> {after:.3f}"
+    assert result.global_step == TINY.max_steps
+    info = json.loads((result.adapter_dir / training.ADAPTER_INFO_FILE).read_text())
+    assert info["reward_summary"]["reward last 10"] > info["reward_summary"]["reward first 10"]
+
+
+class Disconnect(Exception):
+    """What a Colab disconnect looks like from inside the training loop."""
+
+
+@pytest.mark.slow
+def test_resume_after_a_disconnect_loses_at_most_one_save_interval(artifacts, warm_tiny_dir):
+    from peft import PeftModel
+    from transformers import TrainerCallback
+
+    profile = TINY.replace(max_steps=7, save_steps=2)
+    cut_at = 5
+
+    class CutOff(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == cut_at:
+                raise Disconnect(f"runtime disconnected at step {cut_at}")
+
+    model, tokenizer = _load(profile, warm_tiny_dir)
+    train_set = data.load_gsm8k("train", profile)
+    with pytest.raises(Disconnect):
+        training.train_grpo(model, tokenizer, train_set, profile, redraw_every_s=1e9, callbacks=[CutOff()])
+    checkpoint = training.latest_checkpoint(paths.checkpoints_dir(profile.name))
+    assert checkpoint is not None
+    lost = cut_at - int(checkpoint.rsplit("-", 1)[1])
+    assert 0 <= lost <= profile.save_steps
+
+    model, tokenizer = _load(profile, warm_tiny_dir)  # a fresh runtime: everything reloaded
+    result = training.train_grpo(model, tokenizer, train_set, profile, redraw_every_s=1e9)
+    assert result.resumed_from == checkpoint and result.global_step == profile.max_steps
+    steps_logged = training.read_metrics(result.metrics_csv).query("name == 'reward'")["step"]
+    assert sorted(set(steps_logged)) == list(range(1, profile.max_steps + 1))  # curves span the whole run
+
+    base, _ = modeling.load_base_model(profile.replace(model_name=str(warm_tiny_dir)))
+    reloaded = PeftModel.from_pretrained(base, str(result.adapter_dir))
+    assert any("lora_A" in name for name, _ in reloaded.named_parameters())
+    info = json.loads((result.adapter_dir / training.ADAPTER_INFO_FILE).read_text())
+    assert info["global_step"] == profile.max_steps and info["resumed_from"] == checkpoint
+    assert info["versions"]["trl"] and info["profile"] == "tiny"
