@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import TYPE_CHECKING, Any
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from . import runtime, tiny
-from .profiles import TINY_MODEL_NAME, Profile
+from . import paths, runtime, tiny
+from .profiles import PROFILES, TINY_MODEL_NAME, Profile
 
-if TYPE_CHECKING:
-    from pathlib import Path
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+ADAPTER_INFO_FILE = "adapter_info.json"  # written by training.train_grpo
+TRAIN_NOTEBOOK = "notebooks/03_train_grpo.ipynb"
 
 
 def import_unsloth() -> Any:
@@ -111,8 +119,168 @@ def describe_model(model: Any) -> str:
             f"({counts['trainable_percent']:.2f}%)\nMemory: weights {mem.get('model_weights_gb', '?')} GB; {where}")
 
 
-def save_adapter(model: Any, tokenizer: Any, directory: "Path | str") -> str:
+def save_adapter(model: Any, tokenizer: Any, directory: Path | str) -> str:
     """Save only the LoRA adapter (tens of MB) and the tokenizer to `directory`."""
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     return str(directory)
+
+
+# --- the trained adapter from notebook 03 ---------------------------------------------------------
+
+class AdapterNotFoundError(FileNotFoundError):
+    """No trained LoRA adapter where notebook 03 saves it."""
+
+
+def _has_adapter(directory: Path) -> bool:
+    return (directory / ADAPTER_CONFIG_FILE).is_file() and any((directory / f).is_file() for f in ADAPTER_WEIGHT_FILES)
+
+
+def find_adapter(profile: Profile, adapter_dir: Path | str | None = None) -> Path:
+    """The folder of the LoRA adapter notebook 03 saved for this profile; a clear error when it is missing."""
+    directory = Path(adapter_dir).expanduser() if adapter_dir else paths.adapter_dir(profile.name)
+    if _has_adapter(directory):
+        return directory
+    hints = []
+    checkpoints = paths.checkpoints_dir(profile.name)
+    if checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*")):
+        hints.append(f"{checkpoints} holds checkpoints, so a training run stopped before the end: "
+                     f"re-run {TRAIN_NOTEBOOK}, it resumes from the newest one.")
+    others = [name for name in PROFILES
+              if name != profile.name and _has_adapter(paths.artifacts_dir() / name / "lora_adapter")]
+    if others and not adapter_dir:
+        hints.append(f"There is an adapter for profile {others[0]!r}: set PROFILE = {others[0]!r} to evaluate that one.")
+    raise AdapterNotFoundError(
+        f"No trained LoRA adapter in {directory} (expected {ADAPTER_CONFIG_FILE} and "
+        f"{ADAPTER_WEIGHT_FILES[0]}). Run {TRAIN_NOTEBOOK} first (same profile, same artifacts folder / Drive): "
+        f"it saves the adapter there. This run: profile {profile.name!r}, artifacts folder "
+        f"{paths.artifacts_dir()} (${paths.ARTIFACTS_ENV}, else Google Drive when mounted, else ./outputs)."
+        + "".join(" " + h for h in hints))
+
+
+@dataclass
+class TrainedModel:
+    """The base model with notebook 03's adapter loaded: `use_adapter=False` generation is the base model."""
+
+    model: Any
+    tokenizer: Any
+    adapter_dir: Path
+    lora_request: Any = None  # vLLM's LoRARequest for fast_generate (None on the HF path)
+    info: dict[str, Any] = field(default_factory=dict)  # adapter_info.json, when notebook 03 wrote one
+
+
+def load_adapter_weights(model: Any, adapter_dir: Path | str) -> int:
+    """Copy a saved adapter's LoRA weights into a PeftModel of the same shape; returns how many tensors."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    weights = load_peft_weights(str(adapter_dir), device="cpu")
+    result = set_peft_model_state_dict(model, weights, adapter_name="default")
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]  # would stay untrained
+    if not weights or unexpected or missing:
+        raise ValueError(f"The adapter in {adapter_dir} does not fit this model ({len(weights)} tensors; "
+                         f"unexpected: {unexpected[:2]}, missing: {missing[:2]}).")
+    return len(weights)
+
+
+def load_trained_model(profile: Profile, adapter_dir: Path | str | None = None) -> TrainedModel:
+    """The profile's base model plus notebook 03's adapter (its rank, alpha and targets), ready to generate."""
+    from unsloth import FastLanguageModel
+
+    from .generation import uses_vllm
+
+    directory = find_adapter(profile, adapter_dir)
+    config = json.loads((directory / ADAPTER_CONFIG_FILE).read_text())
+    info_path = directory / ADAPTER_INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if info.get("profile") not in (None, profile.name):
+        warnings.warn(f"The adapter in {directory} was trained with profile {info['profile']!r}, "
+                      f"not {profile.name!r}.", stacklevel=2)
+    targets = config.get("target_modules") or profile.lora_target_modules
+    shape = profile.replace(lora_rank=int(config.get("r", profile.lora_rank)),
+                            lora_alpha=int(config.get("lora_alpha", profile.lora_alpha)),
+                            lora_target_modules=tuple(sorted(targets)) if not isinstance(targets, str) else targets)
+    model, tokenizer = load_base_model(shape)  # vLLM's max_lora_rank must fit the adapter's rank
+    model = add_lora(model, shape)
+    load_adapter_weights(model, directory)
+    FastLanguageModel.for_inference(model)
+    # vLLM holds only the base weights; the LoRA reaches it per request (Unsloth's load_lora).
+    lora_request = model.load_lora(str(directory)) if uses_vllm(model) else None
+    return TrainedModel(model, tokenizer, directory, lora_request, info)
+
+
+# --- export --------------------------------------------------------------------------------------
+
+EXPORT_KINDS = ("lora", "merged_16bit", "gguf")
+EXPORT_NEEDS = {
+    "lora": "nothing: the adapter alone (tens of MB for the 8B model), loaded on top of the base model",
+    "merged_16bit": ("the LoRA merged into 16-bit weights (~16 GB for the 8B model: too big for a free 15 GB "
+                     "Drive). On a GPU, Unsloth downloads the 16-bit base weights from the Hub to merge "
+                     "into (network); on CPU it merges in memory, but only into a model loaded without 4-bit"),
+    "gguf": ("llama.cpp: Unsloth installs build tools (apt), pip packages (gguf, protobuf, sentencepiece) and "
+             "clones + builds llama.cpp under ~/.unsloth (network, several minutes), then merges and converts; "
+             "q4_k_m for the 8B model is ~4.9 GB"),
+}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What one export did: where it wrote, how big, how long, or why it could not."""
+
+    kind: str
+    ok: bool
+    path: str | None
+    size_mb: float
+    seconds: float
+    message: str
+
+
+def _folder_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return round(sum(p.stat().st_size for p in files) / 1024**2, 2)
+
+
+def _network_reachable(host: str = "github.com", timeout_s: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _export_precheck(model: Any, kind: str) -> str | None:
+    """Why this export cannot work here (None when it may)."""
+    import torch
+
+    four_bit = any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    if kind in ("merged_16bit", "gguf") and four_bit and not torch.cuda.is_available():
+        return ("Unsloth's CPU backend cannot merge LoRA into 4-bit weights. Load the model with "
+                "load_in_4bit=False (the tiny profile does), or export on the GPU.")
+    if kind == "gguf" and not _network_reachable():
+        return "no network (github.com unreachable): llama.cpp cannot be downloaded and built here."
+    return None
+
+
+def export_model(model: Any, tokenizer: Any, kind: str, directory: Path | str, gguf_method: str = "q4_k_m") -> ExportResult:
+    """Save the trained model as `kind` ("lora", "merged_16bit", "gguf"); never raises, says why on failure."""
+    if kind not in EXPORT_KINDS:
+        raise ValueError(f"kind must be one of {EXPORT_KINDS}, not {kind!r}")
+    directory = Path(directory).expanduser()
+    start = time.monotonic()
+    problem = _export_precheck(model, kind)
+    if problem:
+        return ExportResult(kind, False, None, 0.0, 0.0, f"Not exported: {problem} It needs {EXPORT_NEEDS[kind]}.")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if kind == "lora":
+            save_adapter(model, tokenizer, directory)
+        elif kind == "merged_16bit":
+            model.save_pretrained_merged(str(directory), tokenizer, save_method="merged_16bit")
+        else:
+            model.save_pretrained_gguf(str(directory), tokenizer, quantization_method=gguf_method)
+    except Exception as exc:  # an optional export must not end the notebook
+        return ExportResult(kind, False, str(directory), 0.0, round(time.monotonic() - start, 1),
+                            f"Export failed: {type(exc).__name__}: {str(exc)[:500]} (it needs {EXPORT_NEEDS[kind]}).")
+    seconds = round(time.monotonic() - start, 1)
+    size = _folder_mb(directory)
+    return ExportResult(kind, True, str(directory), size, seconds, f"Saved {kind} to {directory} ({size} MB, {seconds} s).")

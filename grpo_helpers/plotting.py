@@ -72,3 +72,43 @@ def plot_before_after(scores: Mapping[str, Mapping[str, float]], metrics: Sequen
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def side_by_side_html(panels: Sequence[tuple[str, str, Mapping[str, object]]], max_chars: int = 4000) -> str:
+    """HTML with one column per (title, text, facts): the text verbatim (escaped), then a table of facts."""
+    import html
+
+    columns = []
+    for title, text, facts in panels:
+        text = text if len(text) <= max_chars else text[:max_chars] + "\n[... cut ...]"
+        rows = "".join(f"<tr><td style='text-align:left;padding-right:1em'>{html.escape(str(k))}</td>"
+                       f"<td style='text-align:left'><b>{html.escape(str(v))}</b></td></tr>" for k, v in facts.items())
+        columns.append(f"<div style='flex:1;min-width:0'><h4>{html.escape(title)}</h4>"
+                       f"<table style='margin-bottom:0.5em'>{rows}</table>"
+                       f"<pre style='white-space:pre-wrap;font-size:12px;border:1px solid #ccc;padding:6px'>"
+                       f"{html.escape(text) or '(empty reply)'}</pre></div>")
+    return f"<div style='display:flex;gap:1em'>{''.join(columns)}</div>"
+
+
+def flip_browser(flips: Sequence[Mapping[str, object]]) -> object:
+    """An ipywidgets Dropdown over flipped questions showing before/after replies side by side."""
+    import html
+
+    import ipywidgets as widgets
+
+    if not flips:
+        return widgets.HTML("<i>No question changed outcome.</i>")
+    options = [(f"[{f['change']}] #{f['index']}: {str(f['question'])[:70]}", i) for i, f in enumerate(flips)]
+    dropdown = widgets.Dropdown(options=options, description="question", layout=widgets.Layout(width="95%"))
+    view = widgets.HTML()
+
+    def show(index: int) -> None:
+        flip = flips[index]
+        before, after = ("wrong", "right") if flip["change"] == "fixed" else ("right", "wrong")
+        view.value = f"<p>{html.escape(str(flip['question']))}</p>" + side_by_side_html(
+            [("before (base model)", str(flip["before_reply"]), {"gold": flip["gold"], "scored": before}),
+             ("after (GRPO adapter)", str(flip["after_reply"]), {"gold": flip["gold"], "scored": after})])
+
+    dropdown.observe(lambda change: show(change["new"]), names="value")
+    show(0)
+    return widgets.VBox([dropdown, view])

@@ -97,6 +97,9 @@ def _make_callback_class() -> type:
             self._last_draw = 0.0
             self._display = None
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._last_draw = time.monotonic()  # the first curves are drawn once there is a trend
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
             if not numbers:
