@@ -16,7 +16,7 @@ from .profiles import PROFILES, TINY_MODEL_NAME, Profile
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-ADAPTER_INFO_FILE = "adapter_info.json"  # written by training.train_grpo
+ADAPTER_INFO_FILE = "adapter_info.json"  # the card training.train_grpo writes next to the adapter
 TRAIN_NOTEBOOK = "notebooks/03_train_grpo.ipynb"
 
 

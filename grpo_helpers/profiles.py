@@ -60,6 +60,8 @@ class Profile:
     eval_max_new_tokens: int
     eval_batch_size: int
     pi_samples: int
+    pi_max_new_tokens: int
+    pi_timeout_s: float  # wall-clock limit for each generated program in the sandbox
     seed: int = 3407
 
     def replace(self, **changes: object) -> "Profile":
@@ -114,7 +116,9 @@ T4 = Profile(
     eval_questions=200,  # GSM8K test questions for before/after (about 10 min each side with vLLM)
     eval_max_new_tokens=768,
     eval_batch_size=64,
-    pi_samples=8,
+    pi_samples=8,  # per prompt and model: enough to tell "sometimes" from "usually"
+    pi_max_new_tokens=768,  # a BBP program with explanation fits in ~400 tokens
+    pi_timeout_s=10.0,
 )
 
 TINY = Profile(
@@ -156,6 +160,8 @@ TINY = Profile(
     eval_max_new_tokens=48,
     eval_batch_size=64,  # one batched generate call: per-call overhead dominates on CPU
     pi_samples=2,
+    pi_max_new_tokens=48,
+    pi_timeout_s=5.0,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (T4, TINY)}

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import paths
-from .modeling import import_unsloth
+from .modeling import ADAPTER_INFO_FILE, import_unsloth
 from .profiles import Profile
 
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "reward_curves.png"
-ADAPTER_INFO_FILE = "adapter_info.json"
 
 
 def grpo_config_values(profile: Profile, output_dir: str | Path, reward_weights: Sequence[float] | None = None) -> dict[str, Any]:

@@ -1,0 +1,348 @@
+"""Measuring before/after: GSM8K scoring, summaries, flips, results JSON, pi programs in the sandbox."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from grpo_helpers import data, evaluation, modeling
+from grpo_helpers.generation import Completion, SamplingSettings
+from grpo_helpers.profiles import PROFILES
+
+PERFECT = data.format_completion("2 + 2 = 4", "4")
+
+
+# --- GSM8K scoring ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reply, gold, strict, lenient, answer, format_ok", [
+    (PERFECT, "4", True, True, True, True),
+    (data.format_completion("Costs add up.", "$1,234"), "1234", True, True, True, True),
+    ("The answer is 4.", "4", False, True, False, False),  # right number, no tags
+    ("<reasoning>2 + 2</reasoning> <answer>4</answer>", "4", False, True, True, False),  # one-line tags
+    (data.format_completion("2 + 3 = 5", "5"), "4", False, False, False, True),  # strict layout, wrong number
+    (PERFECT + "\nI am 99% sure.", "4", False, False, True, False),  # text after </answer> ends in 99
+    (PERFECT[:PERFECT.rindex("</answer>")], "4", False, True, False, False),  # cut off inside <answer>
+    ("", "4", False, False, False, False),
+    ("<answer>\n4\n</answer>", "4", False, True, True, False),  # no reasoning
+])
+def test_strict_and_lenient_scoring(reply, gold, strict, lenient, answer, format_ok):
+    scores = evaluation.score_reply(reply, gold)
+    assert scores == {"strict_correct": strict, "lenient_correct": lenient, "answer_correct": answer,
+                      "format_ok": format_ok}
+    assert not scores["strict_correct"] or (scores["lenient_correct"] and scores["format_ok"])
+
+
+def _row(index, sample, strict, lenient=None, length=10, question="q", reply="r"):
+    lenient = strict if lenient is None else lenient
+    return {"index": index, "sample": sample, "question": f"{question}{index}", "gold": "4", "reply": f"{reply}{index}",
+            "length_tokens": length, "truncated": length >= 48, "strict_correct": strict, "lenient_correct": lenient,
+            "answer_correct": strict, "format_ok": strict}
+
+
+def test_summarize_one_sample_each():
+    rows = [_row(0, 0, True, length=10), _row(1, 0, False, True, length=20), _row(2, 0, False, length=48),
+            _row(3, 0, False, length=30)]
+    summary = evaluation.summarize(rows)
+    assert summary["n_questions"] == 4 and summary["n_samples"] == 4
+    assert summary["strict_accuracy"] == 0.25 and summary["lenient_accuracy"] == 0.5
+    assert summary["format_rate"] == 0.25 and summary["mean_length_tokens"] == 27.0
+    assert summary["truncated_rate"] == 0.25
+    assert not any(k.startswith("pass@") for k in summary)
+    assert evaluation.summarize([]) == {"n_questions": 0, "n_samples": 0}
+
+
+def test_summarize_reports_pass_at_k_with_several_samples():
+    rows = [_row(0, 0, True), _row(0, 1, False), _row(1, 0, False), _row(1, 1, False)]
+    summary = evaluation.summarize(rows)
+    assert summary["strict_accuracy"] == 0.25  # the pass@1 estimate
+    assert summary["pass@2_strict"] == 0.5  # question 0 solved by one of its two samples
+
+
+@pytest.mark.parametrize("n, c, k, expected", [
+    (2, 1, 1, 0.5), (5, 0, 3, 0.0), (5, 5, 1, 1.0), (10, 3, 5, 1 - 21 / 252), (4, 2, 4, 1.0)])
+def test_pass_at_k(n, c, k, expected):
+    assert evaluation.pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_rejects_k_above_n():
+    with pytest.raises(ValueError):
+        evaluation.pass_at_k(2, 1, 3)
+
+
+def test_flipped_questions_both_ways_first_sample_only():
+    before = [_row(0, 0, False), _row(1, 0, True), _row(2, 0, True), _row(3, 0, False), _row(3, 1, False)]
+    after = [_row(0, 0, True, reply="new"), _row(1, 0, False), _row(2, 0, True), _row(3, 0, False), _row(3, 1, True)]
+    flips = evaluation.flipped_questions(before, after)
+    assert [(f["index"], f["change"]) for f in flips] == [(0, "fixed"), (1, "broken")]
+    assert flips[0]["before_reply"] == "r0" and flips[0]["after_reply"] == "new0" and flips[0]["question"] == "q0"
+    table = evaluation.flips_table(flips)
+    assert list(table["change"]) == ["fixed", "broken"]
+    lenient_flips = evaluation.flipped_questions(before, after, key="lenient_correct")
+    assert [f["index"] for f in lenient_flips] == [0, 1]
+
+
+def test_results_json_round_trip(artifacts):
+    results = {"settings": {"max_new_tokens": 8}, "summary": {"base": {"strict_accuracy": 0.25}},
+               "rows": {"base": [_row(0, 0, True)]}, "path": Path("/x")}
+    path = evaluation.save_results(results, evaluation.results_path(PROFILES["tiny"]))
+    assert path == artifacts / "tiny" / evaluation.GSM8K_RESULTS_FILE
+    loaded = evaluation.load_results(path)
+    assert loaded["summary"] == results["summary"] and loaded["rows"] == results["rows"]
+    assert loaded["path"] == "/x" and "saved_at" in loaded
+    json.loads(path.read_text())  # plain JSON
+
+
+class FakeGenerator:
+    """Stands in for generate_completions: records every call, returns canned replies per prompt."""
+
+    def __init__(self, reply_for):
+        self.calls, self.reply_for = [], reply_for
+
+    def __call__(self, model, tokenizer, prompts, settings, batch_size=16, lora_request=None, use_adapter=True):
+        self.calls.append({"prompts": [list(p) for p in prompts], "settings": settings, "batch_size": batch_size,
+                           "lora_request": lora_request, "use_adapter": use_adapter})
+        side = "trained" if use_adapter else "base"
+        return [[Completion(self.reply_for(side, p[-1]["content"], i), 5, False) for i in range(settings.num_samples)]
+                for p in prompts]
+
+
+def test_compare_before_after_uses_identical_questions_and_settings(monkeypatch):
+    rows = data.synthetic_gsm8k(6, seed=1)
+    dataset = [{"prompt": data.format_prompt(r["question"]), "question": r["question"],
+                "answer": data.extract_hash_answer(r["answer"])} for r in rows]
+    gold = {r["question"]: r["answer"] for r in dataset}
+    fake = FakeGenerator(lambda side, q, i: data.format_completion("x", gold[q] if side == "trained" else "0"))
+    monkeypatch.setattr(evaluation, "generate_completions", fake)
+    settings = SamplingSettings(max_new_tokens=8, seed=7)
+    result = evaluation.compare_before_after("model", "tok", dataset, settings, batch_size=3, lora_request="LORA", limit=4)
+    base_call, trained_call = fake.calls
+    assert base_call["use_adapter"] is False and trained_call["use_adapter"] is True
+    for key in ("prompts", "settings", "batch_size", "lora_request"):
+        assert base_call[key] == trained_call[key]
+    assert len(base_call["prompts"]) == 4 and result["question_indices"] == [0, 1, 2, 3]
+    assert result["system_prompt"] == data.SYSTEM_PROMPT and result["settings"]["seed"] == 7
+    assert result["summary"]["base"]["strict_accuracy"] == 0.0 and result["summary"]["trained"]["strict_accuracy"] == 1.0
+    assert [r["question"] for r in result["rows"]["base"]] == [r["question"] for r in result["rows"]["trained"]]
+    assert len(evaluation.flipped_questions(result["rows"]["base"], result["rows"]["trained"])) == 4
+    table = evaluation.summary_table(result)
+    assert table.loc["strict_accuracy", "change"] == 1.0
+
+
+# --- pi ----------------------------------------------------------------------------------------
+
+REPLIES = evaluation.REFERENCE_PI_REPLIES
+CRASH = "```python\nprint(1 / 0)\n```"
+LOOP = "```python\nwhile True:\n    pass\n```"
+UNFENCED = ("<reasoning>\nA series.\n</reasoning>\n<answer>\n"
+            "print(sum(4 * (-1) ** k / (2 * k + 1) for k in range(1000)))\n</answer>")
+
+
+def test_pi_prompts_bbp_first_each_naming_its_method():
+    assert evaluation.PI_PROMPTS[0].id == "bbp" and "Bailey-Borwein-Plouffe" in evaluation.PI_PROMPTS[0].text
+    assert len({p.method for p in evaluation.PI_PROMPTS}) == len(evaluation.PI_PROMPTS) >= 3
+    messages = evaluation.pi_messages(evaluation.PI_PROMPTS[0])
+    assert messages[0] == {"role": "system", "content": data.SYSTEM_PROMPT}  # the system prompt GRPO trained with
+
+
+def test_scores_a_correct_bbp_program():
+    row = evaluation.score_pi_reply(REPLIES["BBP series (correct)"], asked_method="bbp")
+    assert row["has_code"] and row["code_source"] == "fenced" and row["method"] == "bbp" and row["follows_method"]
+    assert row["ran_ok"] and row["cheat_reason"] is None
+    assert row["digits_correct"] == row["honest_digits"] == 16  # 3.141592653589793
+    assert row["stdout"].strip() == "3.141592653589793"
+
+
+def test_scores_monte_carlo_as_the_wrong_method_with_few_digits():
+    row = evaluation.score_pi_reply(REPLIES["Monte Carlo"], asked_method="bbp")
+    assert row["method"] == "monte_carlo" and not row["follows_method"] and row["ran_ok"]
+    assert 1 <= row["digits_correct"] <= 4 and row["cheat_reason"] is None
+
+
+def test_a_math_pi_cheat_prints_pi_but_earns_no_honest_digits():
+    row = evaluation.score_pi_reply(REPLIES["math.pi (cheat)"], asked_method="bbp")
+    assert row["ran_ok"] and row["digits_correct"] == 16 and row["honest_digits"] == 0
+    assert "math.pi" in row["cheat_reason"] and row["method"] == "library_constant"
+
+
+def test_no_code_crash_and_timeout():
+    none = evaluation.score_pi_reply("Pi is about 3.14159.")
+    assert not none["has_code"] and not none["ran_ok"] and none["digits_correct"] == 0
+    crash = evaluation.score_pi_reply(CRASH)
+    assert crash["has_code"] and not crash["ran_ok"] and crash["returncode"] not in (0, None)
+    assert "ZeroDivisionError" in crash["stderr"]
+    start = time.monotonic()
+    loop = evaluation.score_pi_reply(LOOP, timeout_s=1.0)
+    assert loop["timed_out"] and not loop["ran_ok"] and loop["returncode"] is None
+    assert time.monotonic() - start < 10
+
+
+def test_unfenced_program_inside_answer_tags_is_run():
+    code, where = evaluation.extract_program(UNFENCED)
+    assert where == "answer_tag" and code.startswith("print(")
+    row = evaluation.score_pi_reply(UNFENCED, asked_method="leibniz")
+    assert row["ran_ok"] and row["method"] == "leibniz" and row["follows_method"] and row["digits_correct"] == 3
+    assert evaluation.extract_program("<answer>\n42\n</answer>") == (None, None)
+
+
+def test_pi_comparison_on_canned_replies(monkeypatch):
+    def reply_for(side, question, i):
+        if side == "base":
+            return REPLIES["Monte Carlo"] if i == 0 else "No idea."
+        return REPLIES["BBP series (correct)"] if "Bailey" in question else REPLIES["math.pi (cheat)"]
+
+    fake = FakeGenerator(reply_for)
+    monkeypatch.setattr(evaluation, "generate_completions", fake)
+    settings = SamplingSettings(max_new_tokens=16, temperature=0.7, num_samples=2)
+    prompts = evaluation.PI_PROMPTS[:2]
+    result = evaluation.run_pi_comparison("model", "tok", settings, prompts=prompts, lora_request="LORA")
+    assert fake.calls[0]["prompts"] == fake.calls[1]["prompts"] and fake.calls[0]["settings"] == settings
+    assert [c["use_adapter"] for c in fake.calls] == [False, True]
+    rows = result["rows"]
+    assert len(rows) == 2 * len(prompts) * 2
+    assert {(r["model"], r["prompt_id"], r["sample"]) for r in rows} == {
+        (m, p.id, i) for m in ("base", "trained") for p in prompts for i in range(2)}
+    table = evaluation.pi_summary(rows)
+    assert table.loc[("bbp", "trained"), "best_honest_digits"] == 16
+    assert table.loc[("bbp", "base"), "wrote_code"] == 0.5
+    assert table.loc[("machin", "trained"), "cheated"] == 1.0
+    pair = evaluation.representative_pair(rows, "bbp")
+    assert pair["trained"]["method"] == "bbp" and pair["base"]["sample"] == 1  # the median: the no-code one
+    facts = evaluation.pi_facts(pair["trained"])
+    assert facts["digits of pi right"] == 16 and facts["ran"] == "yes"
+    json.dumps(result)  # saveable as is
+
+
+def test_side_by_side_html_escapes_and_flip_browser_builds():
+    from grpo_helpers import plotting
+
+    html = plotting.side_by_side_html([("before", "<script>x</script>", {"digits": 3}), ("after", "", {})])
+    assert "&lt;script&gt;" in html and "<script>" not in html and "(empty reply)" in html
+    widget = plotting.flip_browser([{"index": 0, "change": "fixed", "question": "q", "gold": "4",
+                                     "before_reply": "a", "after_reply": "b"}])
+    assert "before (base model)" in widget.children[1].value
+    assert "No question" in plotting.flip_browser([]).value
+
+
+# --- the adapter from notebook 03 ------------------------------------------------------------------
+
+def test_missing_adapter_names_the_folder_and_notebook_03(artifacts):
+    with pytest.raises(modeling.AdapterNotFoundError) as error:
+        modeling.find_adapter(PROFILES["tiny"])
+    message = str(error.value)
+    assert str(artifacts / "tiny" / "lora_adapter") in message
+    assert "run notebooks/03_train_grpo.ipynb first (same profile, same artifacts folder / drive)" in message.lower()
+    (artifacts / "tiny" / "checkpoints" / "checkpoint-20").mkdir(parents=True)
+    with pytest.raises(modeling.AdapterNotFoundError, match="resumes from the newest"):
+        modeling.find_adapter(PROFILES["tiny"])
+
+
+def test_an_adapter_of_another_shape_is_refused(tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj, self.k_proj = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    get_peft_model(Net(), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path)
+    same = get_peft_model(Net(), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert modeling.load_adapter_weights(same, tmp_path) == 2
+    other = get_peft_model(Net(), LoraConfig(r=2, target_modules=["k_proj"]))
+    with pytest.raises(ValueError, match="does not fit"):
+        modeling.load_adapter_weights(other, tmp_path)
+
+
+def test_export_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="merged_16bit"):
+        modeling.export_model(None, None, "onnx", "/tmp/x")
+
+
+def test_exports_that_cannot_work_here_say_why_without_trying(monkeypatch, tmp_path):
+    import torch
+
+    class Linear4bit(torch.nn.Module):
+        """Named like bitsandbytes' 4-bit layer."""
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    merged = modeling.export_model(torch.nn.Sequential(Linear4bit()), None, "merged_16bit", tmp_path / "m")
+    assert not merged.ok and "4-bit" in merged.message and "load_in_4bit=False" in merged.message
+    monkeypatch.setattr(modeling, "_network_reachable", lambda *args, **kwargs: False)
+    gguf = modeling.export_model(torch.nn.Linear(2, 2), None, "gguf", tmp_path / "g")
+    assert not gguf.ok and "no network" in gguf.message and "llama.cpp" in gguf.message
+    assert not (tmp_path / "m").exists() and not (tmp_path / "g").exists()
+
+
+# --- end to end on the tiny model ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a LoRA whose B matrices are random (so it differs from base), saved and reloaded."""
+    import torch
+
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    profile = PROFILES["tiny"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRPO_ARTIFACTS", str(artifacts))
+        patch.setattr(modeling, "model_path", lambda profile: str(tiny_model_dir))
+        model, tokenizer = modeling.load_model(profile)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.05)
+        adapter = modeling.save_adapter(model, tokenizer, modeling.paths.adapter_dir(profile.name))
+        loaded = modeling.load_trained_model(profile)
+        yield {"profile": profile, "trained": loaded, "saved": model, "artifacts": artifacts, "adapter": adapter}
+
+
+@pytest.mark.slow
+def test_trained_model_loads_the_saved_weights_and_base_is_the_base(trained):
+    import torch
+
+    from grpo_helpers.generation import adapter_disabled
+
+    loaded, saved = trained["trained"].model, trained["saved"]
+    assert str(trained["trained"].adapter_dir) == trained["adapter"] and trained["trained"].lora_request is None
+    saved_lora = {k: v for k, v in saved.state_dict().items() if "lora_" in k}
+    loaded_state = loaded.state_dict()
+    assert saved_lora and all(torch.equal(v, loaded_state[k]) for k, v in saved_lora.items())
+    ids = torch.tensor([[1, 50, 60, 70]])
+    with torch.no_grad():
+        with_adapter = loaded(input_ids=ids).logits
+        with adapter_disabled(loaded):
+            without = loaded(input_ids=ids).logits
+        with saved.disable_adapter():
+            reference_base = saved(input_ids=ids).logits
+    assert not torch.allclose(with_adapter, without)
+    assert torch.allclose(without, reference_base, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_before_after_end_to_end_writes_results(trained, monkeypatch):
+    monkeypatch.setenv("GRPO_ARTIFACTS", str(trained["artifacts"]))
+    model, tokenizer = trained["trained"].model, trained["trained"].tokenizer
+    dataset = data.load_gsm8k("test", trained["profile"])
+    settings = SamplingSettings(max_new_tokens=8, seed=11)
+    result = evaluation.compare_before_after(model, tokenizer, dataset, settings, batch_size=4, limit=4)
+    base, after = result["rows"]["base"], result["rows"]["trained"]
+    assert [r["question"] for r in base] == [r["question"] for r in after] == dataset["question"][:4]
+    assert all(0 < r["length_tokens"] <= 8 for r in base + after)
+    assert [r["reply"] for r in base] != [r["reply"] for r in after]  # the random LoRA changes greedy replies
+    path = evaluation.save_results({"profile": "tiny", **result}, evaluation.results_path(trained["profile"]))
+    assert path.is_file() and evaluation.load_results(path)["summary"]["base"]["n_questions"] == 4
+
+
+@pytest.mark.slow
+def test_exports_adapter_and_merged_16bit(trained, tmp_path):
+    model, tokenizer = trained["trained"].model, trained["trained"].tokenizer
+    lora = modeling.export_model(model, tokenizer, "lora", tmp_path / "lora")
+    assert lora.ok and (tmp_path / "lora" / "adapter_model.safetensors").is_file()
+    merged = modeling.export_model(model, tokenizer, "merged_16bit", tmp_path / "merged")
+    assert merged.ok, merged.message
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert config.get("torch_dtype", config.get("dtype")) in ("bfloat16", "float16")
+    assert not list((tmp_path / "merged").glob("adapter_*"))  # a standalone model, no adapter left
