@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
+
+from . import runtime
 
 if TYPE_CHECKING:
     import datasets
@@ -178,11 +179,7 @@ def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
     """True when the Hugging Face Hub answers on port 443 (False offline or with HF_HUB_OFFLINE)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
         return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+    return runtime.host_reachable(host, timeout_s)
 
 
 def _read_jsonl_dir(directory: str, split: str) -> list[dict[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -39,6 +40,15 @@ class RuntimeInfo:
 def is_colab() -> bool:
     """True inside a Google Colab runtime."""
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def host_reachable(host: str, timeout_s: float = 3.0) -> bool:
+    """True when `host` answers on port 443 within the timeout (False offline)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def cuda_available() -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_helpers import data, evaluation, modeling
+from grpo_helpers import data, evaluation, export, modeling, runtime
 from grpo_helpers.generation import Completion, SamplingSettings
 from grpo_helpers.profiles import PROFILES
 
@@ -258,7 +258,7 @@ def test_an_adapter_of_another_shape_is_refused(tmp_path):
 
 def test_export_rejects_unknown_kind():
     with pytest.raises(ValueError, match="merged_16bit"):
-        modeling.export_model(None, None, "onnx", "/tmp/x")
+        export.export_model(None, None, "onnx", "/tmp/x")
 
 
 def test_exports_that_cannot_work_here_say_why_without_trying(monkeypatch, tmp_path):
@@ -268,10 +268,10 @@ def test_exports_that_cannot_work_here_say_why_without_trying(monkeypatch, tmp_p
         """Named like bitsandbytes' 4-bit layer."""
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    merged = modeling.export_model(torch.nn.Sequential(Linear4bit()), None, "merged_16bit", tmp_path / "m")
+    merged = export.export_model(torch.nn.Sequential(Linear4bit()), None, "merged_16bit", tmp_path / "m")
     assert not merged.ok and "4-bit" in merged.message and "load_in_4bit=False" in merged.message
-    monkeypatch.setattr(modeling, "_network_reachable", lambda *args, **kwargs: False)
-    gguf = modeling.export_model(torch.nn.Linear(2, 2), None, "gguf", tmp_path / "g")
+    monkeypatch.setattr(runtime, "host_reachable", lambda *args, **kwargs: False)
+    gguf = export.export_model(torch.nn.Linear(2, 2), None, "gguf", tmp_path / "g")
     assert not gguf.ok and "no network" in gguf.message and "llama.cpp" in gguf.message
     assert not (tmp_path / "m").exists() and not (tmp_path / "g").exists()
 
@@ -339,9 +339,9 @@ def test_before_after_end_to_end_writes_results(trained, monkeypatch):
 @pytest.mark.slow
 def test_exports_adapter_and_merged_16bit(trained, tmp_path):
     model, tokenizer = trained["trained"].model, trained["trained"].tokenizer
-    lora = modeling.export_model(model, tokenizer, "lora", tmp_path / "lora")
+    lora = export.export_model(model, tokenizer, "lora", tmp_path / "lora")
     assert lora.ok and (tmp_path / "lora" / "adapter_model.safetensors").is_file()
-    merged = modeling.export_model(model, tokenizer, "merged_16bit", tmp_path / "merged")
+    merged = export.export_model(model, tokenizer, "merged_16bit", tmp_path / "merged")
     assert merged.ok, merged.message
     config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert config.get("torch_dtype", config.get("dtype")) in ("bfloat16", "float16")
