@@ -23,21 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo_helpers import data, rewards  # noqa: E402
+from tests.test_rewards import ADVERSARIAL  # noqa: E402  (one corpus: what the tests check, the benchmark times)
 
 BUDGET_MS = 50.0
-ADVERSARIAL = {
-    "<reasoning> x 20000": "<reasoning>" * 20_000,
-    "<answer> x 25000, unclosed": "<answer>" * 25_000,
-    "nested unclosed tags": ("<reasoning><answer>" * 11_000)[:200_000],
-    "100000 numbers in <answer>": "<answer>" + "1 " * 100_000 + "</answer>",
-    "200000 nines": "9" * 200_000,
-    "200000 nines in <answer>": "<answer>" + "9" * 200_000 + "</answer>",
-    "thousands commas in <answer>": "<answer>" + "1," * 100_000 + "</answer>",
-    "fractions in <answer>": "<answer>" + "1/" * 100_000 + "</answer>",
-    "LaTeX fractions in <answer>": "<answer>" + "\\frac{1}{" * 25_000 + "</answer>",
-    "strict separators x 9000": "<reasoning>\n" + "\n</reasoning>\n<answer>\n" * 9_000 + "\n</answer>",
-    "200 KB whitespace reasoning": "<reasoning>\n" + " " * 200_000 + "\n</reasoning>\n<answer>\n5\n</answer>",
-}
 
 
 def realistic_batch(questions: int) -> tuple[list[str], list[str], str]:
@@ -122,7 +110,7 @@ def main() -> None:
         print(f"\nmath_verify.parse: {per_answer:.3f} ms per realistic answer (parse_number: {ours:.4f} ms)")
         short_bomb = "$" + "(" * 60 + "1" + ")" * 60 + "$"  # 122 characters
         for label, answer in [*((k, rewards.extract_xml_answer(ADVERSARIAL[k]) or "") for k in
-                                ["100000 numbers in <answer>", "200000 nines in <answer>"]),
+                                ["closed answer of 100000 numbers", "200000 nines in <answer>"]),
                               ("60 nested parentheses (122 chars)", short_bomb)]:
             start = time.perf_counter()
             math_verify.parse(answer)  # its default timeout: 5 s, by SIGALRM

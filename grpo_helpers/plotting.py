@@ -112,3 +112,17 @@ def flip_browser(flips: Sequence[Mapping[str, object]]) -> object:
     dropdown.observe(lambda change: show(change["new"]), names="value")
     show(0)
     return widgets.VBox([dropdown, view])
+
+
+def plot_group_advantages(advantages: "pd.Series", title: str = "One group: which answers GRPO pushes up, which down") -> "Figure":
+    """Horizontal bars of each answer's advantage in one group: green pushed up, red pushed down."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.barh(advantages.index, advantages, color=["tab:green" if a > 0 else "tab:red" for a in advantages])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("advantage = (reward - group mean) / (group std + 1e-4)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

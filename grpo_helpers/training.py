@@ -218,7 +218,9 @@ class TrainingResult:
 
 def reward_summary(metrics_csv: str | Path, window: int = 10) -> dict[str, float]:
     """Mean total and per-function reward over the first and the last `window` logged steps."""
-    table = _table(metrics_csv)
+    from .plotting import metrics_table
+
+    table = metrics_table(read_metrics(metrics_csv))
     summary: dict[str, float] = {}
     for column in [c for c in table.columns if c == "reward" or (c.startswith("rewards/") and c.endswith("/mean"))]:
         series = table[column].dropna()
@@ -226,12 +228,6 @@ def reward_summary(metrics_csv: str | Path, window: int = 10) -> dict[str, float
             summary[f"{column} first {window}"] = round(float(series.head(window).mean()), 4)
             summary[f"{column} last {window}"] = round(float(series.tail(window).mean()), 4)
     return summary
-
-
-def _table(metrics_csv: str | Path) -> Any:
-    from .plotting import metrics_table
-
-    return metrics_table(read_metrics(metrics_csv))
 
 
 def train_grpo(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
@@ -249,8 +245,8 @@ def train_grpo(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
     checkpoint = latest_checkpoint(trainer.args.output_dir) if resume else None
     if checkpoint:
         print(f"Resuming from {checkpoint} (the newest checkpoint): earlier steps are not redone.")
-    elif paths.profile_dir(profile.name).joinpath(METRICS_FILE).exists():
-        paths.profile_dir(profile.name).joinpath(METRICS_FILE).unlink()  # a fresh run gets fresh curves
+    else:
+        callback.metrics_path.unlink(missing_ok=True)  # a fresh run gets fresh curves
     trainer.train(resume_from_checkpoint=checkpoint)
     adapter = paths.adapter_dir(profile.name)
     save_adapter(trainer.model, tokenizer, adapter)
@@ -258,12 +254,13 @@ def train_grpo(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
         "profile": profile.name,
         "base_model": profile.model_name,
         "global_step": trainer.state.global_step,
-        "max_steps": profile.max_steps,
+        "max_steps": trainer.args.max_steps,
         "resumed_from": checkpoint,
         "rewards": [getattr(f, "__name__", str(f)) for f in trainer.reward_funcs],
         "reward_weights": list(trainer.args.reward_weights or []),
         "reward_summary": reward_summary(callback.metrics_path),
-        "grpo_config": {k: v for k, v in grpo_config_values(profile, "").items() if k != "output_dir"},
+        "grpo_config": {k: getattr(trainer.args, k) for k in grpo_config_values(profile, "")
+                        if k != "output_dir" and hasattr(trainer.args, k)},  # as trained, overrides included
         "versions": installed_versions(),
         "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
