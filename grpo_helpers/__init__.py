@@ -4,4 +4,4 @@ One module, one job (see DESIGN.md): profiles, runtime, install, paths, tiny, mo
 rewards, training, generation, evaluation, sandbox, plotting.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

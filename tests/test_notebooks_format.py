@@ -1,6 +1,7 @@
 """Every notebook follows the suite's rules: badge, bootstrap, parameters, T4 metadata, stored clean."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,8 @@ def test_notebook_rules(path):
     cells = nb["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
     assert cells[0]["cell_type"] == "markdown", "narrative first"
-    assert f"blob/main/notebooks/{path.name}" in "".join(cells[0]["source"]) and "colab-badge" in "".join(cells[0]["source"])
-    assert "Bootstrap" in "".join(code[0]["source"]) and "install_colab_stack" in "".join(code[0]["source"])
+    assert f"/notebooks/{path.name}" in "".join(cells[0]["source"]) and "colab-badge" in "".join(cells[0]["source"])
+    assert "Bootstrap" in "".join(code[0]["source"]) and "bootstrap(" in "".join(code[0]["source"])
     assert "parameters" in code[1].get("metadata", {}).get("tags", []), "second code cell is the parameters cell"
     for cell in code:
         assert not cell.get("outputs") and cell.get("execution_count") is None, "stored without outputs"
@@ -31,7 +32,8 @@ def test_notebook_rules(path):
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
 
 
-def test_every_notebook_has_the_same_bootstrap():
-    bootstraps = {"".join(next(c for c in json.loads(p.read_text())["cells"] if c["cell_type"] == "code")["source"])
+def test_every_notebook_has_the_same_bootstrap_but_for_its_kit():
+    bootstraps = {re.sub(r'bootstrap\("\w+"', 'bootstrap("KIT"',
+                         "".join(next(c for c in json.loads(p.read_text())["cells"] if c["cell_type"] == "code")["source"]))
                   for p in NOTEBOOKS}
     assert len(bootstraps) == 1
