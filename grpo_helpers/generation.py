@@ -13,6 +13,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+from .chat_tokens import safe_pad_token, stop_token_ids
+
 Messages = Sequence[dict[str, str]]
 
 
@@ -34,6 +36,8 @@ class Completion:
     text: str
     num_tokens: int
     truncated: bool
+    stop_token: str | None = None  # the end-of-turn/eos token the reply ended on (None: cut off or unknown)
+    token_ids: tuple[int, ...] = ()  # the reply's tokens, up to and without the stop token
 
 
 def chat_texts(tokenizer: Any, prompts: Sequence[Messages]) -> list[str]:
@@ -57,22 +61,39 @@ def adapter_disabled(model: Any) -> Iterator[Any]:
         yield model
 
 
-def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
+def _vllm_completion(c: Any, tokenizer: Any, stop_ids: list[int]) -> Completion:
+    ids = list(c.token_ids)
+    stop = ids[-1] if c.finish_reason == "stop" and ids and ids[-1] in stop_ids else None
+    kept = ids[:-1] if stop is not None else ids
+    return Completion(c.text, len(ids), c.finish_reason == "length",
+                      tokenizer.convert_ids_to_tokens(stop) if stop is not None else None, tuple(kept))
 
 
-def _generate_vllm(model: Any, texts: list[str], settings: SamplingSettings, lora_request: Any) -> list[list[Completion]]:
+def _generate_vllm(model: Any, tokenizer: Any, texts: list[str], settings: SamplingSettings,
+                   lora_request: Any) -> list[list[Completion]]:
     from vllm import SamplingParams
 
+    stop_ids = stop_token_ids(tokenizer, model)  # the template's end of turn, whatever vLLM takes for eos
     params = SamplingParams(temperature=settings.temperature, top_p=settings.top_p, n=settings.num_samples,
-                            max_tokens=settings.max_new_tokens, seed=settings.seed)
+                            max_tokens=settings.max_new_tokens, seed=settings.seed, stop_token_ids=stop_ids)
     outputs = model.fast_generate(texts, sampling_params=params, lora_request=lora_request, use_tqdm=True)
-    return [[Completion(c.text, len(c.token_ids), c.finish_reason == "length") for c in out.outputs]
-            for out in outputs]
+    return [[_vllm_completion(c, tokenizer, stop_ids) for c in out.outputs] for out in outputs]
+
+
+@contextlib.contextmanager
+def _left_padding(tokenizer: Any, stop_ids: list[int]) -> Iterator[int]:
+    """Left padding with a real pad token for the block (a stop token when the tokenizer has none); yields its id."""
+    padding_side, pad_token = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"  # decoder-only: pad on the left
+    if tokenizer.pad_token_id is None:  # padded positions are masked out, so any real token will do
+        fallback = tokenizer.convert_ids_to_tokens(stop_ids[0]) if stop_ids else None
+        tokenizer.pad_token = safe_pad_token(tokenizer, stop_ids) or fallback
+    try:
+        yield tokenizer.pad_token_id
+    finally:
+        tokenizer.padding_side = padding_side
+        if pad_token is None:
+            tokenizer.pad_token = None
 
 
 def _generate_hf(model: Any, tokenizer: Any, texts: list[str], settings: SamplingSettings,
@@ -80,34 +101,39 @@ def _generate_hf(model: Any, tokenizer: Any, texts: list[str], settings: Samplin
     import torch
     from tqdm.auto import tqdm
 
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # decoder-only: pad on the left
     was_training = model.training
     model.eval()
-    stop_ids = _stop_ids(model, tokenizer)
+    # Stop where the chat template ends a turn, not only at the model's eos: a converted checkpoint's
+    # generation_config may name another token, and the reply would run on into a made-up next turn.
+    stop_ids = stop_token_ids(tokenizer, model)
     replies: list[list[Completion]] = []
     try:
-        for start in tqdm(range(0, len(texts), batch_size), desc="Generating", unit="batch"):
-            batch = texts[start:start + batch_size]
-            encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            torch.manual_seed(settings.seed + start)
-            sample = settings.temperature > 0
-            with torch.inference_mode():
-                out = model.generate(
-                    **encoded, max_new_tokens=settings.max_new_tokens, do_sample=sample,
-                    temperature=settings.temperature if sample else None, top_p=settings.top_p if sample else None,
-                    num_return_sequences=settings.num_samples, pad_token_id=tokenizer.pad_token_id,
-                )
-            new_tokens = out[:, encoded["input_ids"].shape[1]:].tolist()
-            completions = []
-            for ids in new_tokens:
-                end = next((i for i, t in enumerate(ids) if t in stop_ids), None)
-                kept = ids if end is None else ids[:end]
-                completions.append(Completion(tokenizer.decode(kept, skip_special_tokens=True), len(kept),
-                                              end is None and len(ids) >= settings.max_new_tokens))
-            k = settings.num_samples
-            replies += [completions[i * k:(i + 1) * k] for i in range(len(batch))]
+        with _left_padding(tokenizer, stop_ids) as pad_token_id:
+            for start in tqdm(range(0, len(texts), batch_size), desc="Generating", unit="batch"):
+                batch = texts[start:start + batch_size]
+                encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False,
+                                    return_token_type_ids=False).to(model.device)  # generate() rejects them
+                torch.manual_seed(settings.seed + start)
+                sample = settings.temperature > 0
+                with torch.inference_mode():
+                    out = model.generate(
+                        **encoded, max_new_tokens=settings.max_new_tokens, do_sample=sample,
+                        temperature=settings.temperature if sample else None, top_p=settings.top_p if sample else None,
+                        num_return_sequences=settings.num_samples, pad_token_id=pad_token_id,
+                        eos_token_id=stop_ids or None,
+                    )
+                new_tokens = out[:, encoded["input_ids"].shape[1]:].tolist()
+                completions = []
+                for ids in new_tokens:
+                    end = next((i for i, t in enumerate(ids) if t in stop_ids), None)
+                    kept = ids if end is None else ids[:end]
+                    completions.append(Completion(
+                        tokenizer.decode(kept, skip_special_tokens=True), len(kept),
+                        end is None and len(ids) >= settings.max_new_tokens,
+                        tokenizer.convert_ids_to_tokens(ids[end]) if end is not None else None, tuple(kept)))
+                k = settings.num_samples
+                replies += [completions[i * k:(i + 1) * k] for i in range(len(batch))]
     finally:
-        tokenizer.padding_side = padding_side
         model.train(was_training)
     return replies
 
@@ -118,7 +144,7 @@ def generate_completions(model: Any, tokenizer: Any, prompts: Sequence[Messages]
     """`settings.num_samples` Completions per chat prompt; `use_adapter=False` generates with the base model."""
     texts = chat_texts(tokenizer, prompts)
     if uses_vllm(model):
-        return _generate_vllm(model, texts, settings, lora_request if use_adapter else None)
+        return _generate_vllm(model, tokenizer, texts, settings, lora_request if use_adapter else None)
     with contextlib.nullcontext() if use_adapter else adapter_disabled(model):
         return _generate_hf(model, tokenizer, texts, settings, batch_size)
 

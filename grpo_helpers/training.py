@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import paths
+from .chat_tokens import align_special_tokens
 from .modeling import ADAPTER_INFO_FILE, import_unsloth
 from .profiles import Profile
 
@@ -186,6 +187,10 @@ def build_trainer(model: Any, tokenizer: Any, train_dataset: Any, profile: Profi
         reward_funcs, reward_weights = rewards.DEFAULT_REWARDS, rewards.DEFAULT_REWARD_WEIGHTS
     config = build_grpo_config(profile, paths.checkpoints_dir(profile.name), reward_weights, **config_overrides)
     align_sampling_defaults(model, config)
+    # TRL stops and masks each completion at tokenizer.eos_token_id (one id) and Unsloth's loss takes
+    # every pad id in a prompt for padding: both must match the chat template (chat_tokens.py).
+    for change in align_special_tokens(tokenizer, model):
+        print(f"Tokenizer: {change}")
     return GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=list(reward_funcs), args=config,
                        train_dataset=train_dataset, callbacks=list(callbacks))
 
