@@ -1,7 +1,7 @@
 """grpo_helpers: the small shared package behind the GRPO notebooks.
 
-One module, one job (see DESIGN.md): profiles, runtime, install, paths, tiny, modeling, data,
-rewards, training, generation, evaluation, sandbox, plotting.
+One module, one job (README, "Layout"): profiles, runtime, install, paths, tiny, smollm2, modeling,
+chat_tokens, data, rewards, training, generation, evaluation, sandbox, export, plotting.
 """
 
 __version__ = "0.2.0"
