@@ -4,25 +4,79 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import paths, runtime, tiny
+from .generation import uses_vllm
 from .profiles import PROFILES, TINY_MODEL_NAME, Profile
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 ADAPTER_INFO_FILE = "adapter_info.json"  # the card training.train_grpo writes next to the adapter
 TRAIN_NOTEBOOK = "notebooks/03_train_grpo.ipynb"
+STANDBY_ENV = "UNSLOTH_VLLM_STANDBY"  # unsloth_zoo reads it once, when it is first imported
+VLLM_IMPORTS_FINE = "vLLM imported fine but Unsloth loaded the model without it"
 
 
-def import_unsloth() -> Any:
-    """Import Unsloth before transformers/TRL touch the model (it patches them), and return it."""
+class VLLMUnavailableError(RuntimeError):
+    """The profile asks for vLLM (fast_inference) but the model has no vLLM engine."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [f"VLLMUnavailableError: {self}"]
+
+
+def import_unsloth(profile: Profile | None = None) -> Any:
+    """Import Unsloth before transformers/TRL touch the model (it patches them), and return it.
+
+    With a profile, $UNSLOTH_VLLM_STANDBY is set first as its `vllm_standby` says: Unsloth reads it
+    at import time, so it has to be in place before the first `import unsloth`."""
+    if profile is not None:
+        set_vllm_standby(profile.vllm_standby)
     import unsloth  # noqa: F401  (the import itself applies Unsloth's patches)
 
     return unsloth
+
+
+def set_vllm_standby(wanted: bool) -> None:
+    """Set $UNSLOTH_VLLM_STANDBY=1 before Unsloth's first import; warn when Unsloth already runs otherwise."""
+    if "unsloth" not in sys.modules and "unsloth_zoo" not in sys.modules:
+        if wanted:
+            os.environ[STANDBY_ENV] = "1"
+        return
+    active = os.environ.get(STANDBY_ENV, "0") == "1"  # what Unsloth read at import, unless changed since
+    if active != wanted:
+        warnings.warn(f"Unsloth was imported with {STANDBY_ENV}={'1' if active else '0'}, but the profile asks for "
+                      f"vllm_standby={wanted}: it takes effect only after a runtime restart (Colab: Runtime > "
+                      "Restart session, then run the notebook from the top).", stacklevel=3)
+
+
+def vllm_problem() -> str:
+    """Why there is no vLLM engine: the error `import vllm` gives, else VLLM_IMPORTS_FINE."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001  (any import failure is the answer)
+        return f"{type(exc).__name__}: {exc}"
+    return VLLM_IMPORTS_FINE
+
+
+def vllm_unavailable(profile: Profile) -> VLLMUnavailableError:
+    """The error for a profile that asks for vLLM when the model has none: why, and what to do."""
+    return VLLMUnavailableError(
+        f"Profile {profile.name!r} asks for vLLM (fast_inference=True), but the model has no vLLM engine "
+        f"({vllm_problem()}). Stopping here rather than sampling about 10x slower with HF generate. "
+        "On Colab: Runtime > Restart session, then run cell 1 again (it installs the pinned vLLM) and the "
+        "notebook from the top. Or go on without vLLM: profile = profile.replace(fast_inference=False) "
+        "(about 10x slower generation, so set fewer max_steps / eval questions).")
+
+
+def require_vllm(model: Any, profile: Profile) -> None:
+    """Raise VLLMUnavailableError when the profile asks for vLLM and the model was loaded without it."""
+    if profile.fast_inference and not uses_vllm(model):
+        raise vllm_unavailable(profile)
 
 
 def model_path(profile: Profile) -> str:
@@ -33,24 +87,32 @@ def model_path(profile: Profile) -> str:
 
 
 def load_base_model(profile: Profile) -> tuple[Any, Any]:
-    """(model, tokenizer) for the profile, without LoRA: 4-bit and vLLM as the profile says."""
+    """(model, tokenizer) for the profile, without LoRA: 4-bit and vLLM as the profile says.
+
+    A profile with fast_inference gets a model with a vLLM engine or a VLLMUnavailableError."""
     if profile.requires_gpu:
         runtime.require_cuda(f"Loading {profile.model_name}")
-    import_unsloth()
+    import_unsloth(profile)
     import torch
     from unsloth import FastLanguageModel
 
     kwargs: dict[str, Any] = {}
     if profile.fast_inference:  # vLLM's own knobs; the CPU backend has no vLLM
         kwargs = {"max_lora_rank": profile.lora_rank, "gpu_memory_utilization": profile.gpu_memory_utilization}
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_path(profile),
-        max_seq_length=profile.max_seq_length,
-        load_in_4bit=profile.load_in_4bit,
-        fast_inference=profile.fast_inference,
-        dtype=getattr(torch, profile.dtype),
-        **kwargs,
-    )
+    try:
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=model_path(profile),
+            max_seq_length=profile.max_seq_length,
+            load_in_4bit=profile.load_in_4bit,
+            fast_inference=profile.fast_inference,
+            dtype=getattr(torch, profile.dtype),
+            **kwargs,
+        )
+    except (ImportError, NotImplementedError) as exc:  # Unsloth's "Please install vLLM..." / "...needs a GPU"
+        if profile.fast_inference and vllm_problem() != VLLM_IMPORTS_FINE:
+            raise vllm_unavailable(profile) from exc
+        raise
+    require_vllm(model, profile)  # Unsloth may also fall back to HF generate with only a printed line
     return model, tokenizer
 
 
@@ -118,7 +180,7 @@ def describe_model(model: Any) -> str:
 
 
 def save_adapter(model: Any, tokenizer: Any, directory: Path | str) -> str:
-    """Save only the LoRA adapter (tens of MB) and the tokenizer to `directory`."""
+    """Save only the LoRA adapter (its size: sizes.adapter_bytes) and the tokenizer to `directory`."""
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     return str(directory)
@@ -184,8 +246,6 @@ def load_adapter_weights(model: Any, adapter_dir: Path | str) -> int:
 def load_trained_model(profile: Profile, adapter_dir: Path | str | None = None) -> TrainedModel:
     """The profile's base model plus notebook 03's adapter (its rank, alpha and targets), ready to generate."""
     from unsloth import FastLanguageModel
-
-    from .generation import uses_vllm
 
     directory = find_adapter(profile, adapter_dir)
     config = json.loads((directory / ADAPTER_CONFIG_FILE).read_text())

@@ -1,13 +1,20 @@
-"""Where artifacts live: $GRPO_ARTIFACTS, else Google Drive when mounted on Colab, else ./outputs."""
+"""Where artifacts live: $GRPO_ARTIFACTS, else Google Drive when mounted on Colab, else ./outputs.
+
+Exports are the exception: on Colab they go to the local disk (/content/export), never to Drive,
+where a merged 8B model alone would not fit a free 15 GB account.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from . import runtime
+
 ARTIFACTS_ENV = "GRPO_ARTIFACTS"
 DRIVE_ROOT = Path("/content/drive")
 DRIVE_ARTIFACTS = DRIVE_ROOT / "MyDrive" / "grpo-notebooks"
+COLAB_EXPORT_ROOT = Path("/content/export")  # Colab's local disk: much larger than a free Drive, gone with the runtime
 
 
 def project_root() -> Path:
@@ -46,6 +53,13 @@ def checkpoints_dir(profile_name: str) -> Path:
 def adapter_dir(profile_name: str) -> Path:
     """The final LoRA adapter saved by notebook 03."""
     return profile_dir(profile_name) / "lora_adapter"
+
+
+def export_dir(profile_name: str) -> Path:
+    """Where exports go (not created here): /content/export/<profile> on Colab, else <artifacts>/<profile>/export."""
+    if runtime.is_colab():
+        return COLAB_EXPORT_ROOT / profile_name
+    return profile_dir(profile_name) / "export"
 
 
 def mount_drive(enabled: bool = True) -> Path:

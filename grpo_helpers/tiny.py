@@ -161,3 +161,81 @@ def ensure_tiny_model(directory: Path | None = None, spec: TinySpec = TinySpec()
     warm = f", warm start loss {losses[0]:.2f} -> {losses[-1]:.2f}" if losses else ""
     print(f"Built the tiny Llama ({model.num_parameters():,} parameters, vocab {len(tokenizer)}{warm}) in {directory}")
     return directory
+
+
+def ensure_llama8b_shaped(directory: Path | None = None, config_overrides: dict[str, object] | None = None, seed: int = 0,
+                          max_shard_gb: float = 4.0, rebuild: bool = False) -> Path:
+    """A Llama with Llama-3.1-8B's shape, seeded random fp16 weights and the tiny tokenizer, built once (16 GB!)."""
+    import math
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from .sizes import LLAMA_31_8B_CONFIG
+
+    # Llama-3.1-8B's shape and RoPE; token ids and dtype come from the tokenizer and fp16 below. The weights
+    # are random: for memory and time, not for answers.
+    shape = {k: v for k, v in LLAMA_31_8B_CONFIG.items()
+             if k not in ("_name_or_path", "model_type", "bos_token_id", "eos_token_id", "torch_dtype")}
+    shape.update(config_overrides or {})
+    directory = Path(directory) if directory else paths.artifacts_dir() / "llama31-8b-shaped"
+    spec = TinySpec()  # the tokenizer only; its ids 0..1023 are a subset of the model's 128256 rows
+    fingerprint = hashlib.sha256(json.dumps({"shape": shape, "seed": seed, "tokenizer": spec.fingerprint(),
+                                             "format_version": 1}, sort_keys=True).encode()).hexdigest()[:12]
+    marker = directory / BUILD_MARKER
+    if not rebuild and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+        return directory
+    tokenizer = build_tokenizer(spec)
+    if len(tokenizer) > shape["vocab_size"]:
+        raise ValueError(f"vocab_size {shape['vocab_size']} is smaller than the tokenizer ({len(tokenizer)} tokens).")
+    tokenizer.model_max_length = shape["max_position_embeddings"]
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in (EOT, EOS_TEXT, "<|eom_id|>")]
+    config = LlamaConfig(**shape, bos_token_id=tokenizer.convert_tokens_to_ids(BOS), eos_token_id=stop_ids[0],
+                         pad_token_id=tokenizer.pad_token_id, dtype="float16")
+    with torch.device("meta"):  # names and shapes only: no memory
+        params = [(name, tuple(p.shape)) for name, p in LlamaForCausalLM(config).named_parameters()]
+    n_params = sum(math.prod(size) for _, size in params)
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    shard_bytes = 0
+    for name, size in params:  # plan the shards first, so each is generated, written and freed in turn
+        nbytes = 2 * math.prod(size)
+        if shards[-1] and shard_bytes + nbytes > max_shard_gb * 1e9:  # decimal GB, as in sizes.py
+            shards.append([])
+            shard_bytes = 0
+        shards[-1].append((name, size))
+        shard_bytes += nbytes
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        weight_map: dict[str, str] = {}
+        for number, shard in enumerate(shards, 1):
+            file_name = ("model.safetensors" if len(shards) == 1
+                         else f"model-{number:05d}-of-{len(shards):05d}.safetensors")
+            tensors = {name: torch.ones(size, dtype=torch.float16) if name.endswith("norm.weight") else
+                       torch.randn(size, generator=generator).mul_(config.initializer_range).half()
+                       for name, size in shard}  # HF's own init: N(0, 0.02) matrices, RMSNorm weights 1
+            save_file(tensors, str(staging / file_name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(tensors, file_name))
+            del tensors
+        if len(shards) > 1:
+            (staging / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": 2 * n_params}, "weight_map": weight_map}, indent=2))
+        config.save_pretrained(staging)
+        GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                         do_sample=True, temperature=0.6, top_p=0.9).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / BUILD_MARKER).write_text(json.dumps({"fingerprint": fingerprint, "shape": shape, "seed": seed,
+                                                        "parameters": n_params}, indent=2))
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"Built a Llama-3.1-8B-shaped model with random weights ({n_params:,} parameters, {len(shards)} "
+          f"shard(s), tokenizer vocab {len(tokenizer)} of {config.vocab_size}) in {directory}")
+    return directory

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from grpo_helpers import paths
 
 
@@ -31,3 +33,13 @@ def test_mount_drive_off_colab_keeps_local_folder(monkeypatch, tmp_path, capsys)
     monkeypatch.chdir(tmp_path)
     assert paths.mount_drive(True) == tmp_path / "outputs"
     assert "Not on Colab" in capsys.readouterr().out
+
+
+def test_exports_go_to_local_disk_on_colab(artifacts, monkeypatch):
+    from grpo_helpers import runtime
+
+    monkeypatch.setattr(runtime, "is_colab", lambda: True)
+    assert paths.export_dir("t4") == paths.COLAB_EXPORT_ROOT / "t4" == Path("/content/export/t4")
+    monkeypatch.setattr(runtime, "is_colab", lambda: False)
+    assert paths.export_dir("t4") == artifacts / "t4" / "export"
+    assert not paths.export_dir("t4").exists()  # created by the export, after its free-space check

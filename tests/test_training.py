@@ -41,10 +41,14 @@ def test_unknown_arguments_are_dropped_with_a_warning_naming_them(tmp_path):
 
 def test_latest_checkpoint_skips_half_written_ones(tmp_path):
     assert training.latest_checkpoint(tmp_path / "none") is None
-    for step in (5, 10, 15):
+    for step in (5, 10, 15, 20):
         (tmp_path / f"checkpoint-{step}").mkdir()
-    for step in (5, 10):
+    for step in (5, 10, 20):  # complete: state, weights (an empty safetensors file), optimizer and scheduler
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"\x02" + b"\x00" * 7 + b"{}")
+        for name in training.REQUIRED_STATE_FILES:
+            (tmp_path / f"checkpoint-{step}" / name).write_bytes(b"state")
+    (tmp_path / "checkpoint-20" / "adapter_model.safetensors").write_bytes(b"\x02" + b"\x00" * 7)  # cut off
     (tmp_path / "checkpoint-junk").mkdir()
     assert training.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
 
