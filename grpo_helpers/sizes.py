@@ -295,7 +295,7 @@ class ArtifactSizes:
             ("LoRA training state in memory", format_bytes(self.lora_training),
              f"fp32 weights + fp32 gradients + {self.optim} state"),
             ("merged 16-bit export", format_bytes(self.merged_16bit),
-             f"2 bytes per parameter; {format_bytes(self.merged_16bit_peak)} free while writing"),
+             f"2 bytes per parameter; needs {format_bytes(self.merged_16bit_peak)} free while writing"),
             *[(f"GGUF {m}", format_bytes(n), "2 bytes per parameter" if m in ("f16", "bf16") else
                f"estimate: {gguf_bits_per_weight(m):.2f} bits/weight (llama.cpp's quantize table)")
               for m, n in self.gguf.items()],
