@@ -222,12 +222,6 @@ def remove_new(before: _Before, directory: Path) -> list[Path]:
     return doomed
 
 
-def _folder_mb(path: Path) -> float:
-    """Size of a file or folder in MB (decimal)."""
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return round(sum(p.stat().st_size for p in files) / 1e6, 2)
-
-
 def _export_precheck(model: Any, kind: str) -> str | None:
     """Why this export cannot work here (None when it may)."""
     import torch
@@ -266,13 +260,13 @@ def _write(model: Any, tokenizer: Any, kind: str, directory: Path, gguf_method: 
 
 def _saved_message(kind: str, directory: Path, result: Path, seconds: float) -> str:
     """What a finished export wrote, file sizes measured."""
-    size = sizes.format_bytes(_folder_mb(result) * 1e6)
+    size = sizes.format_bytes(sizes.disk_bytes(result))
     if kind != "gguf":
         return f"Saved {kind} to {result} ({size}, {seconds} s)."
     files = ", ".join(f"{p.name} ({sizes.format_bytes(p.stat().st_size)})" for p in sorted(result.glob("*.gguf")))
     merge = directory / GGUF_MERGE_FOLDER
     return (f"Saved gguf to {result}: {files or 'no .gguf file found'} ({seconds} s). The 16-bit merge it was "
-            f"converted from stays in {merge} ({sizes.format_bytes(_folder_mb(merge) * 1e6)}): delete it if you "
+            f"converted from stays in {merge} ({sizes.format_bytes(sizes.disk_bytes(merge))}): delete it if you "
             "only need the GGUF.")
 
 
@@ -308,5 +302,5 @@ def export_model(model: Any, tokenizer: Any, kind: str, directory: Path | str, g
                             f"Export failed: {type(exc).__name__}: {str(exc)[:500]}.{cleaned} "
                             f"(It needs {_needs_text(model, kind, gguf_method, profile)}.)", needed_gb)
     seconds = round(time.monotonic() - start, 1)
-    return ExportResult(kind, True, str(result), _folder_mb(result), seconds,
+    return ExportResult(kind, True, str(result), round(sizes.disk_bytes(result) / 1e6, 2), seconds,
                         _saved_message(kind, directory, result, seconds), needed_gb, None)

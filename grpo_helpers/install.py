@@ -83,11 +83,8 @@ def raw_url(path: str, repo_url: str = REPO_URL, ref: str = RELEASE_REF) -> str:
     return f"{repo_url.replace('https://github.com/', 'https://raw.githubusercontent.com/')}/{ref}/{path}"
 
 
-class BootstrapError(RuntimeError):
+class BootstrapError(runtime.NotebookStop):
     """The install could not finish; the message says what happened and what to do."""
-
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [f"BootstrapError: {self}"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +140,11 @@ def colab_install_plan(compute_capability: tuple[int, int] | None, kit: str = "f
                             why="Unsloth; --no-deps: its metadata asks for a torchvision/certifi we choose ourselves"))
     plan.append(InstallStep(_pins(SHARED_PINS), why="TRL, transformers, PEFT and the rest, pinned as CI tests them"))
     return plan
+
+
+def plan_digest(plan: list[InstallStep]) -> str:
+    """sha256 of what a plan installs (its steps' uv arguments, in order): the bootstrap's stamp, the API record's key."""
+    return hashlib.sha256(json.dumps([step.uv_args() for step in plan]).encode()).hexdigest()
 
 
 def plan_pins(plan: list[InstallStep]) -> dict[str, str]:
@@ -247,7 +249,7 @@ def bootstrap(kit: str = "full", ref: str = RELEASE_REF) -> list[InstallStep]:
     capability = gpu_compute_capability()
     before = installed_distributions()
     plan = colab_install_plan(capability, kit, installed=before)
-    digest = hashlib.sha256(repr(plan).encode()).hexdigest()[:16]
+    digest = plan_digest(plan)
     stamp = _read_stamp()
     if stamp.get(kit) == digest or (kit == "light" and "full" in stamp):
         print(f"The pinned stack ({kit}) is already installed in this runtime.")

@@ -22,11 +22,8 @@ STANDBY_ENV = "UNSLOTH_VLLM_STANDBY"  # unsloth_zoo reads it once, when it is fi
 VLLM_IMPORTS_FINE = "vLLM imported fine but Unsloth loaded the model without it"
 
 
-class VLLMUnavailableError(RuntimeError):
+class VLLMUnavailableError(runtime.NotebookStop):
     """The profile asks for vLLM (fast_inference) but the model has no vLLM engine."""
-
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [f"VLLMUnavailableError: {self}"]
 
 
 def import_unsloth(profile: Profile | None = None) -> Any:
@@ -146,6 +143,26 @@ def parameter_counts(model: Any) -> dict[str, float]:
         total += count
         trainable += count if param.requires_grad else 0
     return {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / max(total, 1)}
+
+
+def memory_in_use_gb(gpu: bool | None = None) -> tuple[float, float]:
+    """(in use, total) GB: the whole GPU (vLLM allocates outside torch's counter), else this process's RSS.
+
+    `gpu=None` asks torch; pass False where no CUDA context may be created (a parent of vLLM processes)."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available() if gpu is None else gpu:
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 1024**3, total / 1024**3
+    return psutil.Process(os.getpid()).memory_info().rss / 1024**3, psutil.virtual_memory().total / 1024**3
+
+
+def torch_peak_gb() -> float | None:
+    """Peak GPU memory torch itself allocated since the last reset (None without a GPU)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
 
 
 def memory_report(model: Any | None = None) -> dict[str, float | str]:

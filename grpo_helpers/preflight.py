@@ -6,22 +6,19 @@ The steps are checkpointed as steps of the same run, so training continues from 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import psutil
 from transformers import TrainerCallback
 
 from . import training
+from .modeling import memory_in_use_gb, torch_peak_gb
 from .profiles import Profile
+from .runtime import NotebookStop
 
-class PreflightError(RuntimeError):
+class PreflightError(NotebookStop):
     """The long run will not fit this runtime as configured; the message says what to change."""
-
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [f"PreflightError: {self}"]
 
 
 MEMORY_HEADROOM = 0.95  # a peak above this share of the device's memory is one long answer from an OOM
@@ -42,23 +39,6 @@ class StepMeter(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.step_seconds.append(time.monotonic() - self._started)
         self.device_used_gb.append(memory_in_use_gb()[0])
-
-
-def memory_in_use_gb() -> tuple[float, float]:
-    """(in use, total) in GB: the whole GPU (vLLM allocates outside torch's counter), else this process's RSS."""
-    import torch
-
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        return (total - free) / 1024**3, total / 1024**3
-    return psutil.Process(os.getpid()).memory_info().rss / 1024**3, psutil.virtual_memory().total / 1024**3
-
-
-def torch_peak_gb() -> float | None:
-    """Peak memory torch itself allocated on the GPU since the last reset (None on CPU)."""
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,14 @@ CHANGE_RUNTIME_HINT = ("On Colab: Runtime > Change runtime type > Hardware accel
                        "run the tiny CPU model instead.")
 
 
-class GPURequiredError(RuntimeError):
+class NotebookStop(RuntimeError):
+    """An error a notebook shows as its message alone: it says what happened and what to do."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+class GPURequiredError(NotebookStop):
     """A step needs a CUDA GPU and this runtime has none."""
 
 

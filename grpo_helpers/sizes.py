@@ -216,6 +216,13 @@ def gguf_kept_bytes(config: ConfigLike, method: str) -> int:
     return merged_16bit_bytes(config) + gguf_bytes(config, method)
 
 
+def disk_bytes(path: Path | str) -> int:
+    """Measured size on disk of a file, or of every file under a folder."""
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files)
+
+
 def format_bytes(n: float) -> str:
     """Decimal units: '336 MB', '16.1 GB', '4.5 KB'."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):

@@ -116,9 +116,11 @@ def t4_steps() -> list[list[str]]:
     return [step.uv_args() for step in colab_install_plan(T4_COMPUTE_CAPABILITY, "full", installed={})]
 
 
-def plan_digest(steps: list[list[str]]) -> str:
-    """sha256 of the plan's steps (their uv arguments, in order)."""
-    return hashlib.sha256(json.dumps(steps).encode()).hexdigest()
+def t4_digest() -> str:
+    """The T4 plan's digest (install.plan_digest): the key of the API record."""
+    from grpo_helpers.install import colab_install_plan, plan_digest
+
+    return plan_digest(colab_install_plan(T4_COMPUTE_CAPABILITY, "full", installed={}))
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,7 @@ def unchanged_since_record() -> bool:
         print(f"T4 API check: no record at {RECORD.relative_to(REPO)} yet.")
         return False
     reasons = [why for why, stale in (
-        ("the install plan changed", record.get("plan_digest") != plan_digest(t4_steps())),
+        ("the install plan changed", record.get("plan_digest") != t4_digest()),
         ("grpo_helpers' external calls changed",
          record.get("uses_digest") != uses_digest(derive_uses(), environment_variables())),
         ("it recorded failures", bool(record.get("failures")))) if stale]
@@ -688,7 +690,7 @@ def check_and_record(record_path: Path) -> int:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     record = {
-        "plan_digest": plan_digest(steps),
+        "plan_digest": t4_digest(),
         "uses_digest": uses_digest(uses, variables),
         "checked_on": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "plan": [shlex.join(step) for step in steps],
@@ -715,7 +717,7 @@ def main() -> int:
     mode.add_argument("--check", action="store_true", help="check against this interpreter's packages")
     args = parser.parse_args()
     if args.digest:
-        print(plan_digest(t4_steps()))
+        print(t4_digest())
     elif args.steps:
         print("\n".join(shlex.join(step) for step in t4_steps()))
     elif args.if_unchanged:

@@ -143,16 +143,9 @@ class MemoryMeter:
         return "gpu" if self.gpu else "rss"
 
     def _sample(self) -> None:
-        if self.gpu:
-            import torch
+        from grpo_helpers import modeling
 
-            free, total = torch.cuda.mem_get_info()
-            used = (total - free) / 1024**3
-        else:
-            import psutil
-
-            used = psutil.Process(os.getpid()).memory_info().rss / 1024**3
-        self.in_use_peak_gb = max(self.in_use_peak_gb, used)
+        self.in_use_peak_gb = max(self.in_use_peak_gb, modeling.memory_in_use_gb(self.gpu)[0])
 
     def _poll(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -174,9 +167,9 @@ class MemoryMeter:
             self._thread.join()
         self._sample()
         if self.gpu:
-            import torch
+            from grpo_helpers import modeling
 
-            self.torch_peak_gb = torch.cuda.max_memory_allocated() / 1024**3
+            self.torch_peak_gb = modeling.torch_peak_gb()
 
 
 @dataclass
