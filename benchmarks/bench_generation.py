@@ -3,12 +3,12 @@
     python benchmarks/bench_generation.py [--questions 32] [--repeats 3] [--threads N] [--sandbox-runs 30]
 
 Generation: the same GSM8K-style prompts, the same greedy settings, through
-grpo_helpers.generation.generate_completions (the HF path notebook 04 uses on CPU) once with
+grpo_helpers.generation.generate_completions (the HF path notebook 05 uses on CPU) once with
 batch_size = all questions and once with batch_size = 1, interleaved `--repeats` times; prints
 the median wall time of each, the ratio, and how many replies are identical both ways (left
 padding can change a greedy reply by a rounding difference).
 Sandbox: median and p90 of run_python("print(1)"), of a bare `python -c "print(1)"` and of the
-reference BBP program notebook 04 calibrates with.
+reference BBP program notebook 05 calibrates with.
 Uses $GRPO_ARTIFACTS (else ./outputs) to cache the tiny model.
 """
 
@@ -66,9 +66,9 @@ def bench_generation(questions: int, repeats: int) -> None:
 
 def bench_sandbox(runs: int) -> None:
     """Time run_python on print(1) and on the reference BBP program, against a bare interpreter."""
-    from grpo_helpers import evaluation, sandbox
+    from grpo_helpers import pi_eval, pi_programs, sandbox
 
-    bbp = sandbox.extract_python_code(evaluation.REFERENCE_PI_REPLIES["BBP series (correct)"])
+    bbp = pi_programs.extract_python_code(pi_eval.REFERENCE_PI_REPLIES["BBP series (correct)"])
     report = sandbox.isolation_report()
     rows: dict[str, list[float]] = {"run_python('print(1)')": [], "bare python -c 'print(1)'": [],
                                     "run_python(BBP program, site)": []}

@@ -19,7 +19,7 @@ import time
 
 os.environ.setdefault("GRPO_ARTIFACTS", tempfile.mkdtemp(prefix="bench-training-"))
 
-from grpo_helpers import modeling, rewards, tiny, training  # noqa: E402  (modeling imports Unsloth first)
+from grpo_helpers import callbacks, modeling, rewards, tiny, training  # noqa: E402  (modeling imports Unsloth first)
 from grpo_helpers.data import load_gsm8k  # noqa: E402
 from grpo_helpers.profiles import PROFILES  # noqa: E402
 
@@ -43,7 +43,7 @@ def seconds_per_step(trainer, steps: int) -> float:
 
 def ours(profile, train_set, steps: int, redraw_every_s: float):
     model, tokenizer = modeling.load_model(profile)
-    callback = training.live_metrics_callback(profile, redraw_every_s=redraw_every_s)
+    callback = callbacks.live_metrics_callback(profile, redraw_every_s=redraw_every_s)
     trainer = training.build_trainer(model, tokenizer, train_set, profile, callbacks=[callback],
                                      max_steps=steps, save_strategy="no")
     return seconds_per_step(trainer, steps)

@@ -64,13 +64,13 @@ LIGHT_PINS = {name: SHARED_PINS[name] for name in
 # GPU-only needs of Unsloth's CUDA path (never installed on the CPU machines).
 GPU_ONLY_PINS = {"cut-cross-entropy": "25.1.1", "torchao": "0.14.1"}
 
-KITS = {"full": "the GPU stack: vLLM, Unsloth, TRL (notebooks 00, 01, 03, 04)",
+KITS = {"full": "the GPU stack: vLLM, Unsloth, TRL (notebooks 00, 01, 04, 05)",
         "light": "TRL and transformers only, Colab's torch kept (notebook 02)"}
 STAMP = Path("/content/.grpo_stack_installed")
 
 
 NOTEBOOK_KITS = {"00_setup": "full", "01_load_model": "full", "02_rewards": "light",
-                 "03_train_grpo": "full", "04_before_after": "full"}
+                 "04_train_grpo": "full", "05_before_after": "full"}
 
 
 def colab_url(notebook: str, repo_url: str = REPO_URL, ref: str = RELEASE_REF) -> str:

@@ -17,7 +17,7 @@ from .profiles import PROFILES, TINY_MODEL_NAME, Profile
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 ADAPTER_INFO_FILE = "adapter_info.json"  # the card training.train_grpo writes next to the adapter
-TRAIN_NOTEBOOK = "notebooks/03_train_grpo.ipynb"
+TRAIN_NOTEBOOK = "notebooks/04_train_grpo.ipynb"
 STANDBY_ENV = "UNSLOTH_VLLM_STANDBY"  # unsloth_zoo reads it once, when it is first imported
 VLLM_IMPORTS_FINE = "vLLM imported fine but Unsloth loaded the model without it"
 
@@ -128,7 +128,7 @@ def add_lora(model: Any, profile: Profile) -> Any:
 
 
 def load_model(profile: Profile) -> tuple[Any, Any]:
-    """(model with fresh LoRA adapters, tokenizer): what notebook 01 shows and notebook 03 trains."""
+    """(model with fresh LoRA adapters, tokenizer): what notebook 01 shows and notebook 04 trains."""
     model, tokenizer = load_base_model(profile)
     return add_lora(model, profile), tokenizer
 
@@ -203,10 +203,10 @@ def save_adapter(model: Any, tokenizer: Any, directory: Path | str) -> str:
     return str(directory)
 
 
-# --- the trained adapter from notebook 03 ---------------------------------------------------------
+# --- the trained adapter from notebook 04 ---------------------------------------------------------
 
 class AdapterNotFoundError(FileNotFoundError):
-    """No trained LoRA adapter where notebook 03 saves it."""
+    """No trained LoRA adapter where notebook 04 saves it."""
 
 
 def _has_adapter(directory: Path) -> bool:
@@ -214,7 +214,7 @@ def _has_adapter(directory: Path) -> bool:
 
 
 def find_adapter(profile: Profile, adapter_dir: Path | str | None = None) -> Path:
-    """The folder of the LoRA adapter notebook 03 saved for this profile; a clear error when it is missing."""
+    """The folder of the LoRA adapter notebook 04 saved for this profile; a clear error when it is missing."""
     directory = Path(adapter_dir).expanduser() if adapter_dir else paths.adapter_dir(profile.name)
     if _has_adapter(directory):
         return directory
@@ -237,13 +237,13 @@ def find_adapter(profile: Profile, adapter_dir: Path | str | None = None) -> Pat
 
 @dataclass
 class TrainedModel:
-    """The base model with notebook 03's adapter loaded: `use_adapter=False` generation is the base model."""
+    """The base model with notebook 04's adapter loaded: `use_adapter=False` generation is the base model."""
 
     model: Any
     tokenizer: Any
     adapter_dir: Path
     lora_request: Any = None  # vLLM's LoRARequest for fast_generate (None on the HF path)
-    info: dict[str, Any] = field(default_factory=dict)  # adapter_info.json, when notebook 03 wrote one
+    info: dict[str, Any] = field(default_factory=dict)  # adapter_info.json, when notebook 04 wrote one
 
 
 def load_adapter_weights(model: Any, adapter_dir: Path | str) -> int:
@@ -261,7 +261,7 @@ def load_adapter_weights(model: Any, adapter_dir: Path | str) -> int:
 
 
 def load_trained_model(profile: Profile, adapter_dir: Path | str | None = None) -> TrainedModel:
-    """The profile's base model plus notebook 03's adapter (its rank, alpha and targets), ready to generate."""
+    """The profile's base model plus notebook 04's adapter (its rank, alpha and targets), ready to generate."""
     from unsloth import FastLanguageModel
 
     directory = find_adapter(profile, adapter_dir)

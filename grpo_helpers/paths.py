@@ -51,7 +51,7 @@ def checkpoints_dir(profile_name: str) -> Path:
 
 
 def adapter_dir(profile_name: str) -> Path:
-    """The final LoRA adapter saved by notebook 03."""
+    """The final LoRA adapter saved by notebook 04."""
     return profile_dir(profile_name) / "lora_adapter"
 
 

@@ -6,6 +6,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from . import runtime
+
 PROFILE_ENV = "GRPO_PROFILE"
 
 
@@ -15,60 +17,78 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True)
 class Profile:
-    """All settings of one run: model, LoRA, data, GRPO training and evaluation."""
+    """All settings of one run: model, LoRA, data, the GRPO objective, training and evaluation.
 
-    name: str
-    description: str
+    Each field says what it does and, where it feeds TRL's `GRPOConfig` (or Unsloth/PEFT), which field."""
+
+    name: str  # the key in PROFILES and the folder under <artifacts>
+    description: str  # one line, printed when the profile is chosen
     # Model ------------------------------------------------------------------------------------
     model_name: str  # a Hub id, or TINY_MODEL_NAME for the offline tiny Llama
-    requires_gpu: bool
-    load_in_4bit: bool
-    fast_inference: bool  # vLLM generation inside Unsloth (GPU only)
-    dtype: str  # compute dtype: "float16" on a T4 (no bf16), "float32" on CPU
-    max_seq_length: int
+    requires_gpu: bool  # get_profile refuses a GPU profile on a machine without CUDA
+    load_in_4bit: bool  # bitsandbytes nf4 weights (Unsloth's `load_in_4bit`, a BitsAndBytesConfig otherwise)
+    fast_inference: bool  # vLLM generation (Unsloth's `fast_inference`; GRPOConfig.use_vllm); GPU only
+    dtype: str  # compute dtype: "float16" on a T4 (no bf16), "bfloat16" on A100/H100, "float32" on CPU
+    max_seq_length: int  # prompt + completion tokens the model is set up for (Unsloth's `max_seq_length`)
     gpu_memory_utilization: float  # share of VRAM vLLM may take; the rest is for training
     vllm_standby: bool  # UNSLOTH_VLLM_STANDBY: vLLM and training share the weights; KV cache freed while training
-    # LoRA -------------------------------------------------------------------------------------
-    lora_rank: int
-    lora_alpha: int
-    lora_target_modules: tuple[str, ...]
-    use_gradient_checkpointing: bool | str
+    # LoRA (PEFT's LoraConfig) -----------------------------------------------------------------
+    lora_rank: int  # LoraConfig.r: the adapter's rank
+    lora_alpha: int  # LoraConfig.lora_alpha: the update is scaled by alpha / rank
+    lora_target_modules: tuple[str, ...]  # LoraConfig.target_modules: the projections that get an adapter
+    use_gradient_checkpointing: bool | str  # "unsloth" (offloaded), True (recompute) or False; Unsloth applies it
     # Data -------------------------------------------------------------------------------------
     data_source: str | None  # None: $GSM8K_DIR, else the Hub, else synthetic; or "synthetic"
     train_limit: int | None  # None = every training question
-    test_limit: int | None
-    # GRPO training ----------------------------------------------------------------------------
-    num_generations: int
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    max_prompt_length: int
-    max_completion_length: int
-    learning_rate: float
-    lr_scheduler_type: str
-    warmup_ratio: float
-    weight_decay: float
-    max_grad_norm: float
-    optim: str
-    beta: float  # KL penalty towards the starting model
-    temperature: float
-    max_steps: int
-    logging_steps: int
-    save_steps: int
-    save_total_limit: int
+    test_limit: int | None  # None = every test question (1,319 in GSM8K)
+    # The GRPO objective (notebook 03 derives each term) ---------------------------------------
+    num_generations: int  # GRPOConfig.num_generations: answers sampled per question (the group, G)
+    loss_type: str  # GRPOConfig.loss_type: how token losses are averaged; "grpo" per answer then per
+    #   batch (short answers weigh more per token), "dapo" over all tokens of the generation batch,
+    #   "dr_grpo" by a constant (max_completion_length x answers), "bnpo" over the local batch's tokens
+    epsilon: float  # GRPOConfig.epsilon: the clip range, ratio kept within [1 - eps, 1 + eps]
+    num_iterations: int  # GRPOConfig.num_iterations (mu): updates per generated batch; 1 = on-policy,
+    #   the ratio is exactly 1 and the clip never fires; > 1 reuses the batch and the clip starts to matter
+    scale_rewards: str  # GRPOConfig.scale_rewards: advantages divided by the std of the "group", the
+    #   "batch", or "none" (Dr. GRPO: no division, so near-unanimous groups are not blown up)
+    beta: float  # GRPOConfig.beta: weight of the k3 KL estimate towards the base model (adapter off); 0 = no
+    #   reference forward pass
+    temperature: float  # GRPOConfig.temperature: sampling temperature of the group (and of the log-probs)
+    # Training (the Trainer's arguments, through GRPOConfig) -----------------------------------
+    per_device_train_batch_size: int  # completions per optimisation step and device (a multiple of the group)
+    gradient_accumulation_steps: int  # steps summed before each optimizer update
+    max_prompt_length: int  # GRPOConfig.max_prompt_length: longer prompts are truncated from the left
+    max_completion_length: int  # GRPOConfig.max_completion_length: tokens each answer may use
+    learning_rate: float  # AdamW's learning rate for the LoRA weights
+    adam_beta1: float  # AdamW's beta1 (momentum)
+    adam_beta2: float  # AdamW's beta2 (second moment)
+    lr_scheduler_type: str  # the Trainer's schedule ("cosine", "constant_with_warmup", ...)
+    warmup_ratio: float  # share of max_steps spent warming the learning rate up
+    weight_decay: float  # AdamW's decoupled weight decay
+    max_grad_norm: float  # gradients are clipped to this global norm
+    optim: str  # the Trainer's optimizer name ("paged_adamw_8bit" on a GPU, "adamw_torch" on CPU)
+    max_steps: int  # optimisation steps (one step = per_device_train_batch_size completions)
+    logging_steps: int  # metrics.csv gets a row every this many steps
+    save_steps: int  # a checkpoint every this many steps (what a disconnect can cost)
+    save_total_limit: int  # checkpoints kept; older ones are deleted by the Trainer
     warm_start_steps: int  # supervised steps on synthetic solutions before GRPO (0 = none)
     # Evaluation -------------------------------------------------------------------------------
-    eval_questions: int
-    eval_max_new_tokens: int
-    eval_batch_size: int
-    pi_samples: int
-    pi_max_new_tokens: int
+    eval_questions: int  # GSM8K test questions for notebook 05's before/after
+    eval_max_new_tokens: int  # greedy answer length in evaluation
+    eval_batch_size: int  # questions per generate call in evaluation
+    pi_samples: int  # sampled answers per pi prompt and model
+    pi_max_new_tokens: int  # answer length for the pi prompts
     pi_timeout_s: float  # wall-clock limit for each generated program in the sandbox
-    preflight_steps: int = 2  # notebook 03 measures this many real GRPO steps before the long run (0: off)
-    session_budget_hours: float = 12.0  # the longest a free Colab session runs (Colab's FAQ; often less)
-    seed: int = 3407
+    preflight_steps: int  # notebook 04 measures this many real GRPO steps before the long run (0: off)
+    session_budget_hours: float  # the longest a free Colab session runs (Colab's FAQ; often less)
+    seed: int  # Trainer, sampling and data-shuffling seed
 
     def replace(self, **changes: object) -> "Profile":
-        """A copy with some fields changed (the notebooks' `parameters` cell uses this)."""
+        """A copy with some fields changed; an unknown field is a ProfileError listing the valid names."""
+        valid = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(valid))
+        if unknown:
+            raise ProfileError(f"Profile has no field {', '.join(map(repr, unknown))}. Valid names: {', '.join(valid)}.")
         return dataclasses.replace(self, **changes)
 
     def as_table(self) -> list[tuple[str, object]]:
@@ -110,11 +130,18 @@ T4 = Profile(
     train_limit=None,
     test_limit=None,
     num_generations=6,  # group size: 6 answers per question give a usable advantage baseline
+    # The objective: TRL 0.22.2's defaults, written out so the notebooks can teach what runs.
+    loss_type="dapo",  # every token of the batch weighs the same: long wrong answers are not let off lightly
+    epsilon=0.2,  # PPO's and DeepSeekMath's clip; inactive here (num_iterations=1), kept for num_iterations > 1
+    num_iterations=1,  # one update per generated batch: a second would double the ~15 s update for less new data
+    scale_rewards="group",  # DeepSeekMath's advantage: (reward - group mean) / group std
     per_device_train_batch_size=6,  # one question (its 6 answers) per step
     gradient_accumulation_steps=1,  # more would multiply the 30 s step time
     max_prompt_length=256,  # GSM8K questions + system prompt: 99% under 256 tokens
     max_completion_length=768,  # room for multi-line reasoning; max_seq_length - prompt
     learning_rate=5e-6,  # GRPO moves the policy gently; 1e-5 and up destabilises 8B LoRA
+    adam_beta1=0.9,
+    adam_beta2=0.99,  # DeepSeekMath's GRPO betas (the Trainer's default 0.999 adapts more slowly to spiky RL gradients)
     lr_scheduler_type="cosine",
     warmup_ratio=0.1,
     weight_decay=0.1,
@@ -136,47 +163,45 @@ T4 = Profile(
     pi_samples=8,  # per prompt and model: enough to tell "sometimes" from "usually"
     pi_max_new_tokens=768,  # a BBP program with explanation fits in ~400 tokens
     pi_timeout_s=10.0,
+    preflight_steps=2,  # two real steps: the first includes vLLM's warm-up, the second is the steady pace
+    session_budget_hours=12.0,  # Colab's FAQ: "up to 12 hours", often less on the free tier
+    seed=3407,  # Unsloth's notebooks' seed
 )
 
-TINY = Profile(
+# The CPU rehearsal: the T4 run with only what a 1M-parameter model on 2 CPU cores needs changed.
+TINY = T4.replace(
     name="tiny",
     description="a tiny Llama built locally, on CPU, in minutes (CI, laptops, no network)",
     model_name=TINY_MODEL_NAME,
     requires_gpu=False,
     load_in_4bit=False,  # bitsandbytes 4-bit on CPU: 2.1x slower generation here; tests cover that path
     fast_inference=False,  # vLLM needs a GPU: generation falls back to HF generate
-    dtype="float32",
-    max_seq_length=256,
-    gpu_memory_utilization=0.0,
-    vllm_standby=False,
-    lora_rank=16,
-    lora_alpha=32,
-    lora_target_modules=LLAMA_PROJECTIONS,
+    dtype="float32",  # CPUs have no fast fp16 matmuls
+    max_seq_length=256,  # the synthetic prompts and solutions are short
+    gpu_memory_utilization=0.0,  # no vLLM
+    vllm_standby=False,  # no vLLM
+    lora_rank=16,  # a 1M-parameter model: rank 16 is already a large share of it
     use_gradient_checkpointing=False,  # nothing to save on a model this small
     data_source="synthetic",  # problems from our templates, which a 1M-parameter model can learn
-    train_limit=512,
+    train_limit=512,  # more than 80 steps x 2 questions can use
     test_limit=64,
-    num_generations=4,
-    per_device_train_batch_size=8,
-    gradient_accumulation_steps=1,
+    num_generations=4,  # a smaller group: two questions per step fit in the batch of 8
+    per_device_train_batch_size=8,  # two questions of 4 answers per step: fewer all-equal groups
     max_prompt_length=160,
     max_completion_length=48,  # the synthetic solutions are ~40 tokens
-    learning_rate=5e-4,  # 2e-3 collapsed the policy in our runs; 5e-4 climbs steadily
-    lr_scheduler_type="constant_with_warmup",
+    learning_rate=5e-4,  # a tiny LoRA from a half-trained model: 2e-3 collapsed the policy, 5e-4 climbs steadily
+    lr_scheduler_type="constant_with_warmup",  # 80 steps: no room for a cosine tail
     warmup_ratio=0.0,
     weight_decay=0.0,
-    max_grad_norm=1.0,
-    optim="adamw_torch",
-    beta=0.0,
+    max_grad_norm=1.0,  # tiny-model gradients are not spiky enough to need 0.1
+    optim="adamw_torch",  # bitsandbytes' paged 8-bit Adam needs a GPU
     temperature=0.6,  # Llama 3.1's default; sharper groups help a tiny model find in-format answers
     max_steps=80,  # ~70 s on 2 CPU cores: strict-format share 50% -> 80%+ on held-out prompts
-    logging_steps=1,
     save_steps=20,
     save_total_limit=2,
     warm_start_steps=80,  # leaves the format half-learnt, so GRPO has something to find
     eval_questions=64,
     eval_max_new_tokens=48,
-    eval_batch_size=64,  # one batched generate call: per-call overhead dominates on CPU
     pi_samples=2,
     pi_max_new_tokens=48,
     pi_timeout_s=5.0,
@@ -187,8 +212,6 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (T4, TINY)}
 
 def get_profile(name: str | None = None, *, check_hardware: bool = True, quiet: bool = False) -> Profile:
     """The profile named (or in $GRPO_PROFILE, or the one the hardware allows), saying which and why."""
-    from . import runtime
-
     if name:
         reason = "asked for by name"
     elif os.environ.get(PROFILE_ENV, "").strip():

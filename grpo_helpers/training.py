@@ -1,41 +1,32 @@
-"""GRPO training: the config from the profile, live curves + metrics.csv, checkpoints and resume.
+"""GRPO training: the GRPOConfig from the profile, the TRL trainer, and a resumable run saved as an adapter.
 
-Resume only ever continues the same run: every checkpoint carries a run.json naming its run (a
-fingerprint of the settings that shape the optimisation, not of bookkeeping such as max_steps), and
-before training every checkpoint of another run is moved aside (never deleted) into a sibling
-`checkpoints-previous/<timestamp>/` folder, so neither a step number nor a modification time can make
-a resume, or the Trainer's rotation, touch another run.
+Which checkpoints belong to a run, and what is moved aside before training, is `checkpoints`; the
+Trainer callbacks (live metrics, run.json) are `callbacks`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import gc
 import hashlib
 import json
-import os
-import shutil
 import time
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import paths
+from . import paths, rewards
+from .callbacks import live_metrics_callback, read_metrics, run_callback
 from .chat_tokens import align_special_tokens
+from .checkpoints import (DRIVE_TRASH_NOTE, aside_folder, checkpoint_step, latest_checkpoint, on_drive,
+                          prepare_checkpoints, set_aside, truncate_metrics)
 from .generation import uses_vllm
+from .install import installed_versions
 from .modeling import ADAPTER_INFO_FILE, import_unsloth, require_vllm, save_adapter
-from .profiles import Profile
+from .plotting import metrics_table
+from .profiles import Profile, ProfileError
 
 RewardFunc = Callable[..., list[float]]
-METRICS_FILE = "metrics.csv"
-CURVES_FILE = "reward_curves.png"
-RUN_FILE = "run.json"  # in every checkpoint: which run it belongs to
-CHECKPOINT_PREFIX = "checkpoint-"
-PREVIOUS_SUFFIX = "-previous"  # <checkpoints>-previous/<timestamp>/: what was moved aside
-REQUIRED_STATE_FILES = ("optimizer.pt", "scheduler.pt")  # the Trainer's, needed to continue the same run
 # GRPOConfig values that do not change the optimisation: a run with other values is the same run. use_vllm,
 # use_cpu and gradient_checkpointing say how a step is computed, not what: falling back from vLLM to HF
 # generate (fast_inference=False) continues the same run.
@@ -45,14 +36,11 @@ BOOKKEEPING = frozenset({
     "disable_tqdm", "dataloader_num_workers", "use_cpu", "use_vllm", "gradient_checkpointing",
     "log_completions", "num_completions_to_print", "push_to_hub", "hub_model_id",
 })
-DRIVE_TRASH_NOTE = ("Checkpoints are on Google Drive: the Trainer keeps the newest {keep} and deletes older ones, "
-                    "and Drive keeps what is deleted in its Trash, still counting against the 15 GB quota, for "
-                    "30 days. To free that space, empty it: drive.google.com > Trash > Empty trash.")
 
 
 def grpo_config_values(profile: Profile, output_dir: str | Path, reward_weights: Sequence[float] | None = None,
                        model: Any = None) -> dict[str, Any]:
-    """GRPOConfig keyword arguments for the profile (before dropping what this TRL lacks).
+    """GRPOConfig keyword arguments for the profile; TRL's defaults fill the rest.
 
     `use_vllm` follows the loaded model when one is given (it has a vLLM engine or not), else the profile."""
     import torch
@@ -66,13 +54,17 @@ def grpo_config_values(profile: Profile, output_dir: str | Path, reward_weights:
         "max_prompt_length": profile.max_prompt_length,
         "max_completion_length": profile.max_completion_length,
         "learning_rate": profile.learning_rate,
-        "adam_beta1": 0.9,
-        "adam_beta2": 0.99,  # DeepSeekMath's GRPO betas
+        "adam_beta1": profile.adam_beta1,
+        "adam_beta2": profile.adam_beta2,
         "weight_decay": profile.weight_decay,
         "warmup_ratio": profile.warmup_ratio,
         "lr_scheduler_type": profile.lr_scheduler_type,
         "optim": profile.optim,
         "max_grad_norm": profile.max_grad_norm,
+        "loss_type": profile.loss_type,
+        "epsilon": profile.epsilon,
+        "num_iterations": profile.num_iterations,
+        "scale_rewards": profile.scale_rewards,
         "beta": profile.beta,
         "temperature": profile.temperature,
         "max_steps": profile.max_steps,
@@ -97,107 +89,27 @@ def grpo_config_values(profile: Profile, output_dir: str | Path, reward_weights:
 
 def build_grpo_config(profile: Profile, output_dir: str | Path, reward_weights: Sequence[float] | None = None,
                       *, model: Any = None, **overrides: Any) -> Any:
-    """A GRPOConfig for the installed TRL; arguments it does not know are dropped with a warning."""
+    """TRL's GRPOConfig for the profile; an override GRPOConfig does not have is a ProfileError naming the valid ones."""
     import_unsloth()
     from trl import GRPOConfig
 
-    values = {**grpo_config_values(profile, output_dir, reward_weights, model), **overrides}
     known = {f.name for f in dataclasses.fields(GRPOConfig)}
-    dropped = sorted(k for k in values if k not in known)
-    if dropped:
-        warnings.warn(f"This TRL's GRPOConfig does not know {', '.join(dropped)}: dropped them.", stacklevel=2)
-    return GRPOConfig(**{k: v for k, v in values.items() if k in known})
+    unknown = sorted(k for k in overrides if k not in known)
+    if unknown:
+        raise ProfileError(f"GRPOConfig (TRL {_trl_version()}) has no field {', '.join(map(repr, unknown))}. "
+                           f"Valid names: {', '.join(sorted(known))}.")
+    return GRPOConfig(**{**grpo_config_values(profile, output_dir, reward_weights, model), **overrides})
 
 
-def read_metrics(path: str | Path) -> "Any":
-    """metrics.csv as a DataFrame of long rows: step, epoch, name, value, wall_time."""
-    import pandas as pd
+def _trl_version() -> str:
+    import trl
 
-    path = Path(path)
-    if not path.is_file():
-        return pd.DataFrame(columns=["step", "epoch", "name", "value", "wall_time"])
-    return pd.read_csv(path)
+    return trl.__version__
 
-
-def _make_callback_class() -> type:
-    from transformers import TrainerCallback
-
-    class LiveMetricsCallback(TrainerCallback):
-        """Append every logged metric to metrics.csv and redraw the reward curves while training."""
-
-        def __init__(self, metrics_path: Path, png_path: Path, redraw_every_s: float = 15.0, window: int = 5):
-            self.metrics_path, self.png_path = Path(metrics_path), Path(png_path)
-            self.redraw_every_s, self.window = redraw_every_s, window
-            self._last_draw = 0.0
-            self._display = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._last_draw = time.monotonic()  # the first curves are drawn once there is a trend
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-            if not numbers:
-                return
-            new_file = not self.metrics_path.exists()
-            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.metrics_path.open("a", newline="") as handle:
-                writer = csv.writer(handle)
-                if new_file:
-                    writer.writerow(["step", "epoch", "name", "value", "wall_time"])
-                now = round(time.time(), 3)
-                writer.writerows([state.global_step, state.epoch, k, v, now] for k, v in numbers.items())
-            if time.monotonic() - self._last_draw >= self.redraw_every_s:
-                self.redraw()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.redraw()
-
-        def redraw(self) -> None:
-            """Draw the curves from metrics.csv: inline in a notebook, and always to the PNG."""
-            import matplotlib.pyplot as plt
-
-            from .plotting import metrics_table, plot_training_curves
-
-            self._last_draw = time.monotonic()
-            table = metrics_table(read_metrics(self.metrics_path))
-            if "reward" not in table.columns:
-                return
-            fig = plot_training_curves(table, window=self.window)
-            fig.savefig(self.png_path, dpi=110)
-            if _in_notebook():
-                from IPython.display import display
-
-                if self._display is None:
-                    self._display = display(fig, display_id=True)
-                else:
-                    self._display.update(fig)
-            plt.close(fig)
-
-    return LiveMetricsCallback
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and shell.__class__.__name__ in ("ZMQInteractiveShell", "Shell")
-
-
-def live_metrics_callback(profile: Profile, redraw_every_s: float = 15.0) -> Any:
-    """The callback writing <artifacts>/<profile>/metrics.csv and reward_curves.png."""
-    folder = paths.profile_dir(profile.name)
-    return _make_callback_class()(folder / METRICS_FILE, folder / CURVES_FILE, redraw_every_s=redraw_every_s)
-
-
-# --- which run a checkpoint belongs to --------------------------------------------------------------
 
 def default_rewards(reward_funcs: Sequence[RewardFunc] | None,
                     reward_weights: Sequence[float] | None) -> tuple[list[RewardFunc], list[float] | None]:
     """The reward functions and weights to train with: the given ones, else rewards.DEFAULT_REWARDS and weights."""
-    from . import rewards
-
     if reward_funcs is None:
         return list(rewards.DEFAULT_REWARDS), list(rewards.DEFAULT_REWARD_WEIGHTS)
     return list(reward_funcs), list(reward_weights) if reward_weights is not None else None
@@ -226,138 +138,12 @@ def run_id(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def checkpoint_run_id(folder: str | Path) -> str | None:
-    """The run a checkpoint belongs to, from its run.json (None: an old-format or unreadable one)."""
-    try:
-        return json.loads((Path(folder) / RUN_FILE).read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
-def write_run_file(folder: Path, run: dict[str, Any], global_step: int) -> None:
-    """Write run.json (run id, identity, step) into a checkpoint folder, creating it if needed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {"run_id": run["run_id"], "global_step": global_step,
-              "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"), "identity": run["identity"]}
-    (folder / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
-
-
-def _make_run_callback_class() -> type:
-    from transformers import TrainerCallback
-
-    class RunCallback(TrainerCallback):
-        """Write run.json into every checkpoint; stop, with a checkpoint, once global_step reaches `stop_after`."""
-
-        def __init__(self, run: dict[str, Any], stop_after: int | None = None):
-            self.run, self.stop_after = run, stop_after
-            self.began = False  # True once the Trainer has loaded the checkpoint and starts stepping
-            self.progress: list[Any] = []  # the trainer's callbacks, for the notebook progress bar fix below
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.began = True
-
-        def on_train_end(self, args, state, control, **kwargs):
-            # transformers 4.56's notebook progress bar divides by None at the end of a run stopped before
-            # max_steps after 2+ steps (a stop_after run in Colab); without an ETA it draws the bar plainly.
-            if state.global_step < state.max_steps:
-                for tracker in (getattr(cb, "training_tracker", None) for cb in self.progress):
-                    if hasattr(tracker, "predicted_remaining"):
-                        tracker.predicted_remaining = None
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.stop_after is not None and state.global_step >= self.stop_after:
-                control.should_save = control.should_training_stop = True
-            if control.should_save:  # before the Trainer writes the checkpoint: no window without run.json
-                self._write(args, state)
-
-        def on_save(self, args, state, control, **kwargs):
-            self._write(args, state)
-
-        def _write(self, args, state) -> None:
-            write_run_file(Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}", self.run,
-                           state.global_step)
-
-    return RunCallback
-
-
-def run_callback(run: dict[str, Any], stop_after: int | None = None) -> Any:
-    """The callback that writes run.json into each checkpoint and stops (checkpointed) at `stop_after`."""
-    return _make_run_callback_class()(run, stop_after)
 
 
 # --- complete checkpoints ---------------------------------------------------------------------------
 
-def safetensors_problem(path: Path) -> str | None:
-    """Why a .safetensors file is incomplete (None: its size is where its header's last tensor ends)."""
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as handle:
-            header_size = int.from_bytes(handle.read(8), "little")
-            if size < 8 or header_size > size - 8:
-                return f"{path.name} is truncated ({size:,} bytes, shorter than its header)"
-            header = json.loads(handle.read(header_size))
-        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        return f"{path.name} has an unreadable header ({type(exc).__name__})"
-    expected = 8 + header_size + end
-    return None if size == expected else f"{path.name} is {size:,} bytes where its header says {expected:,}"
-
-
-def torch_file_problem(path: Path) -> str | None:
-    """Why a torch.save file is incomplete: empty, or a zip archive cut off before its end record."""
-    if path.stat().st_size == 0:
-        return f"{path.name} is empty"
-    with path.open("rb") as handle:
-        is_zip = handle.read(4) == b"PK\x03\x04"
-    return f"{path.name} is truncated" if is_zip and not zipfile.is_zipfile(path) else None
-
-
-def checkpoint_problem(folder: str | Path) -> str | None:
-    """Why a checkpoint cannot be resumed from, None when it is complete (headers and sizes only: cheap on Drive)."""
-    folder = Path(folder)
-    try:
-        json.loads((folder / "trainer_state.json").read_text())
-    except FileNotFoundError:
-        return "no trainer_state.json"
-    except (OSError, ValueError):
-        return "trainer_state.json is unreadable"
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*model*.bin")):
-        return "no model weights"
-    missing = [name for name in REQUIRED_STATE_FILES if not (folder / name).is_file()]
-    if missing:
-        return f"no {' or '.join(missing)}"
-    for path in sorted(folder.iterdir()):
-        problem = (safetensors_problem(path) if path.suffix == ".safetensors"
-                   else torch_file_problem(path) if path.suffix in (".pt", ".pth", ".bin") else None)
-        if problem:
-            return problem
-    return None
-
-
-def checkpoint_step(folder: str | Path) -> int:
-    """The global step of a `checkpoint-N` folder (N)."""
-    return int(Path(folder).name[len(CHECKPOINT_PREFIX):])
-
-
-def checkpoint_folders(directory: str | Path) -> list[Path]:
-    """The `checkpoint-N` folders in `directory`, highest step first (complete or not, any run)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [p for p in directory.glob(f"{CHECKPOINT_PREFIX}*")
-             if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=checkpoint_step, reverse=True)
-
-
-def latest_checkpoint(directory: str | Path, run_id: str | None = None) -> str | None:
-    """The newest complete `checkpoint-N` in `directory` of run `run_id` (of any run when None); None if none.
-
-    Complete: trainer_state.json readable, weights whose size matches their header, optimizer.pt and
-    scheduler.pt present and whole; a disconnect can leave a checkpoint half-written or half-uploaded."""
-    for folder in checkpoint_folders(directory):
-        if (run_id is None or checkpoint_run_id(folder) == run_id) and checkpoint_problem(folder) is None:
-            return str(folder)
-    return None
 
 
 def checkpoints_dir_for(profile: Profile, config_overrides: dict[str, Any]) -> Path:
@@ -375,84 +161,6 @@ def resume_step(profile: Profile, model: Any = None, reward_funcs: Sequence[Rewa
     return checkpoint_step(checkpoint) if checkpoint else 0
 
 
-# --- moving aside what a resume must not touch ------------------------------------------------------
-
-def aside_folder(output_dir: Path) -> Path:
-    """A fresh `<output_dir>-previous/<timestamp>` path (created on first use) for what one call moves aside."""
-    root = output_dir.parent / f"{output_dir.name}{PREVIOUS_SUFFIX}"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidate, n = root / stamp, 2
-    while candidate.exists():
-        candidate, n = root / f"{stamp}-{n}", n + 1
-    return candidate
-
-
-def set_aside(items: Sequence[Path], destination: Path, reason: str) -> None:
-    """Move files/folders into `destination` (never deleting them), with one line saying what, why and where."""
-    items = [Path(item) for item in items if Path(item).exists()]
-    if not items:
-        return
-    destination.mkdir(parents=True, exist_ok=True)
-    for item in items:
-        target, n = destination / item.name, 2
-        while target.exists():
-            target, n = destination / f"{item.name}.{n}", n + 1
-        shutil.move(str(item), str(target))
-    print(f"Moved {', '.join(item.name for item in items)} ({reason}) aside to {destination} (not deleted).")
-
-
-def prepare_checkpoints(output_dir: Path, run_id: str, resume: bool, destination: Path,
-                        extras: Sequence[Path] = ()) -> list[str]:
-    """Move aside every checkpoint a resume must not use; return this run's complete ones, newest first.
-
-    resume=False moves all of them and `extras` (the old metrics.csv and curves); otherwise those of other
-    runs (or of none: saved before checkpoints named their run) and this run's incomplete ones."""
-    folders = checkpoint_folders(output_dir)
-    if not resume:
-        set_aside([*folders, *extras], destination, "resume=False: a new run starts")
-        return []
-    mine = [folder for folder in folders if checkpoint_run_id(folder) == run_id]
-    set_aside([folder for folder in folders if folder not in mine], destination,
-              "another run's: other settings, or saved before checkpoints named their run")
-    complete = []
-    for folder in mine:
-        problem = checkpoint_problem(folder)
-        if problem:
-            set_aside([folder], destination, f"incomplete, {problem}: cut off by a disconnect? an earlier one is used")
-        else:
-            complete.append(str(folder))
-    return complete
-
-
-def truncate_metrics(path: Path, last_step: int) -> int:
-    """Drop metrics.csv rows after `last_step` (and torn ones) before a resume redoes those steps; how many."""
-    if not path.is_file():
-        return 0
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        return 0
-    header, body = rows[0], rows[1:]
-    kept = [row for row in body if len(row) == len(header) and _row_step(row) <= last_step]
-    if len(kept) < len(body):
-        partial = path.with_name(path.name + ".partial")
-        with partial.open("w", newline="") as handle:
-            csv.writer(handle).writerows([header, *kept])
-        os.replace(partial, path)
-    return len(body) - len(kept)
-
-
-def _row_step(row: list[str]) -> float:
-    """A metrics.csv row's step (infinite for a line torn by a hard disconnect, so it is dropped)."""
-    try:
-        return float(row[0])
-    except ValueError:
-        return float("inf")
-
-
-def on_drive(path: str | Path) -> bool:
-    """True when `path` is inside the mounted Google Drive (paths.DRIVE_ROOT)."""
-    return Path(os.path.abspath(path)).is_relative_to(paths.DRIVE_ROOT)
 
 
 def build_trainer(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
@@ -513,8 +221,6 @@ class TrainingResult:
 
 def reward_summary(metrics_csv: str | Path, window: int = 10) -> dict[str, float]:
     """Mean total and per-function reward over the first and the last `window` logged steps."""
-    from .plotting import metrics_table
-
     table = metrics_table(read_metrics(metrics_csv))
     summary: dict[str, float] = {}
     for column in [c for c in table.columns if c == "reward" or (c.startswith("rewards/") and c.endswith("/mean"))]:
@@ -528,8 +234,6 @@ def reward_summary(metrics_csv: str | Path, window: int = 10) -> dict[str, float
 def training_summary(trainer: Any, profile: Profile, resumed_from: str | None, metrics_csv: Path,
                      run: dict[str, Any]) -> dict[str, Any]:
     """The adapter card: run, steps, rewards, the config as trained and the package versions."""
-    from .install import installed_versions
-
     return {
         "profile": profile.name,
         "base_model": profile.model_name,

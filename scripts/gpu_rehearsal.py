@@ -9,7 +9,7 @@ The t4 profile with its model swapped: Unsloth 4-bit + vLLM load and LoRA, N GRP
 settings, stopped at step N/2 (a checkpoint) and resumed to N in a fresh process (a disconnect), the
 adapter saved and reloaded with `load_trained_model`, before/after on K GSM8K questions, the BBP pi
 prompt through the sandbox, LoRA and merged 16-bit export: grpo_helpers' own functions, as the
-notebooks call them. The phases run as child processes, as notebooks 03 and 04 run in separate
+notebooks call them. The phases run as child processes, as notebooks 04 and 04 run in separate
 runtimes (one vLLM engine per process). A failing stage does not stop the stages that do not need it.
 Prints a table at the end and writes the same as JSON to --out/rehearsal.json. Exit code: 0 all
 stages passed, 1 some failed or were skipped, 2 no GPU (without --cpu-dry-run).
@@ -275,7 +275,7 @@ def _tokens_per_s(tokens: int, seconds: float) -> float:
 
 
 def stage_load(ctx: Context) -> Outcome:
-    """Notebooks 01/03: the base model in 4-bit with vLLM, fresh LoRA adapters."""
+    """Notebooks 01/04: the base model in 4-bit with vLLM, fresh LoRA adapters."""
     from grpo_helpers import modeling
 
     ctx.objects["model"], ctx.objects["tokenizer"] = modeling.load_model(ctx.profile)
@@ -313,7 +313,7 @@ def _step_metrics(seconds: list[float]) -> dict[str, Any]:
 
 
 def stage_train_to_stop(ctx: Context) -> Outcome:
-    """Notebook 03, cut short: train_grpo(stop_after=k) of the N-step run, as a disconnect would cut it."""
+    """Notebook 04, cut short: train_grpo(stop_after=k) of the N-step run, as a disconnect would cut it."""
     from grpo_helpers.preflight import StepMeter
 
     k = stop_step(ctx.steps)
@@ -329,13 +329,13 @@ def stage_train_to_stop(ctx: Context) -> Outcome:
 
 def stage_checkpoint(ctx: Context) -> Outcome:
     """The stop left a complete checkpoint at step k, the one train_grpo(resume=True) would continue from."""
-    from grpo_helpers import training
+    from grpo_helpers import checkpoints, training
 
     k = stop_step(ctx.steps)
     checkpoint = ctx.objects["stopped"].checkpoint
-    if checkpoint is None or training.checkpoint_step(checkpoint) != k:
+    if checkpoint is None or checkpoints.checkpoint_step(checkpoint) != k:
         raise CheckFailed(f"expected a checkpoint at step {k}, got {checkpoint}")
-    problem = training.checkpoint_problem(checkpoint)
+    problem = checkpoints.checkpoint_problem(checkpoint)
     if problem:
         raise CheckFailed(f"{checkpoint} is incomplete: {problem}")
     if training.resume_step(ctx.profile) != k:
@@ -378,7 +378,7 @@ def _resume_weight_check(checkpoint: str) -> Any:
 
 
 def stage_resume_to_end(ctx: Context) -> Outcome:
-    """Notebook 03 again, in a fresh process: train_grpo(resume=True) continues from the checkpoint to step N."""
+    """Notebook 04 again, in a fresh process: train_grpo(resume=True) continues from the checkpoint to step N."""
     from grpo_helpers.preflight import StepMeter
 
     checkpoint = stage_metrics(ctx.report, "checkpoint")["checkpoint"]
@@ -400,15 +400,15 @@ def stage_resume_to_end(ctx: Context) -> Outcome:
 
 
 def stage_adapter_saved(ctx: Context) -> Outcome:
-    """The adapter and its card where notebook 04 looks for them, from the same run as the checkpoint."""
-    from grpo_helpers import modeling, training
+    """The adapter and its card where notebook 05 looks for them, from the same run as the checkpoint."""
+    from grpo_helpers import checkpoints, modeling
 
     result = ctx.objects["result"]
     directory = modeling.find_adapter(ctx.profile)
     if directory != result.adapter_dir:
-        raise CheckFailed(f"train_grpo saved the adapter to {result.adapter_dir}, notebook 04 finds {directory}")
+        raise CheckFailed(f"train_grpo saved the adapter to {result.adapter_dir}, notebook 05 finds {directory}")
     info = json.loads((directory / modeling.ADAPTER_INFO_FILE).read_text())
-    checkpoint_run = training.checkpoint_run_id(result.resumed_from)
+    checkpoint_run = checkpoints.checkpoint_run_id(result.resumed_from)
     if info.get("global_step") != ctx.steps or info.get("run_id") != checkpoint_run:
         raise CheckFailed(f"the card says step {info.get('global_step')}, run {info.get('run_id')}; expected step "
                           f"{ctx.steps}, run {checkpoint_run} (the checkpoint's)")
@@ -418,7 +418,7 @@ def stage_adapter_saved(ctx: Context) -> Outcome:
 
 
 def stage_load_trained_model(ctx: Context) -> Outcome:
-    """Notebook 04: base model plus the saved adapter, through modeling.load_trained_model."""
+    """Notebook 05: base model plus the saved adapter, through modeling.load_trained_model."""
     from grpo_helpers import modeling
     from grpo_helpers.generation import uses_vllm
 
@@ -432,7 +432,7 @@ def stage_load_trained_model(ctx: Context) -> Outcome:
 
 
 def stage_before_after(ctx: Context) -> Outcome:
-    """Notebook 04: base vs trained on the same K GSM8K test questions, greedy; generation speed per side."""
+    """Notebook 05: base vs trained on the same K GSM8K test questions, greedy; generation speed per side."""
     from grpo_helpers import data, evaluation
     from grpo_helpers.generation import SamplingSettings
 
@@ -451,17 +451,17 @@ def stage_before_after(ctx: Context) -> Outcome:
 
 
 def stage_pi_sandbox(ctx: Context) -> Outcome:
-    """Notebook 04: the BBP pi prompt, base and trained, each program run in the sandbox."""
-    from grpo_helpers import evaluation
+    """Notebook 05: the BBP pi prompt, base and trained, each program run in the sandbox."""
+    from grpo_helpers import evaluation, pi_eval
     from grpo_helpers.generation import SamplingSettings
 
-    bbp = [p for p in evaluation.PI_PROMPTS if p.id == "bbp"]
+    bbp = [p for p in pi_eval.PI_PROMPTS if p.id == "bbp"]
     settings = SamplingSettings(max_new_tokens=ctx.profile.pi_max_new_tokens, temperature=ctx.profile.temperature,
                                 num_samples=ctx.profile.pi_samples, seed=ctx.profile.seed)
-    pi = evaluation.run_pi_comparison(ctx.objects["model"], ctx.objects["tokenizer"], settings, prompts=bbp,
+    pi = pi_eval.run_pi_comparison(ctx.objects["model"], ctx.objects["tokenizer"], settings, prompts=bbp,
                                       batch_size=ctx.profile.eval_batch_size,
                                       lora_request=ctx.objects.get("lora_request"), timeout_s=ctx.profile.pi_timeout_s)
-    evaluation.save_results(pi, evaluation.results_path(ctx.profile, evaluation.PI_RESULTS_FILE))
+    evaluation.save_results(pi, evaluation.results_path(ctx.profile, pi_eval.PI_RESULTS_FILE))
     expected = 2 * settings.num_samples
     if len(pi["rows"]) != expected:
         raise CheckFailed(f"{len(pi['rows'])} scored samples, expected {expected}")
@@ -469,9 +469,9 @@ def stage_pi_sandbox(ctx: Context) -> Outcome:
                                  pi["seconds"][f"generate_{side}"]) for side in evaluation.SIDES}
     wrote = sum(r["has_code"] for r in pi["rows"])
     ran = sum(r["ran_ok"] for r in pi["rows"])
-    # Notebook 04's calibration: hand-written replies with known outcomes, so the sandbox surely runs a program.
-    reference = dict(zip(evaluation.REFERENCE_PI_REPLIES, evaluation.score_pi_replies(
-        [(reply, "bbp") for reply in evaluation.REFERENCE_PI_REPLIES.values()], timeout_s=ctx.profile.pi_timeout_s)))
+    # Notebook 05's calibration: hand-written replies with known outcomes, so the sandbox surely runs a program.
+    reference = dict(zip(pi_eval.REFERENCE_PI_REPLIES, pi_eval.score_pi_replies(
+        [(reply, "bbp") for reply in pi_eval.REFERENCE_PI_REPLIES.values()], timeout_s=ctx.profile.pi_timeout_s)))
     bbp_reference = reference["BBP series (correct)"]
     if not bbp_reference["ran_ok"] or bbp_reference["honest_digits"] < 15:
         raise CheckFailed(f"the reference BBP program did not run right in the sandbox: ran {bbp_reference['ran_ok']}, "
@@ -493,12 +493,12 @@ def _export(ctx: Context, kind: str) -> Outcome:
 
 
 def stage_export_lora(ctx: Context) -> Outcome:
-    """Notebook 04: the adapter exported on its own."""
+    """Notebook 05: the adapter exported on its own."""
     return _export(ctx, "lora")
 
 
 def stage_export_merged(ctx: Context) -> Outcome:
-    """Notebook 04: the LoRA merged into 16-bit weights."""
+    """Notebook 05: the LoRA merged into 16-bit weights."""
     return _export(ctx, "merged_16bit")
 
 

@@ -1,9 +1,8 @@
-"""Measuring before/after: GSM8K scoring, summaries, flips, results JSON, pi programs in the sandbox."""
+"""Measuring before/after on GSM8K: scoring, summaries, flips, results JSON; the adapter; exports."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -131,90 +130,6 @@ def test_compare_before_after_uses_identical_questions_and_settings(monkeypatch)
     assert table.loc["strict_accuracy", "change"] == 1.0
 
 
-# --- pi ----------------------------------------------------------------------------------------
-
-REPLIES = evaluation.REFERENCE_PI_REPLIES
-CRASH = "```python\nprint(1 / 0)\n```"
-LOOP = "```python\nwhile True:\n    pass\n```"
-UNFENCED = ("<reasoning>\nA series.\n</reasoning>\n<answer>\n"
-            "print(sum(4 * (-1) ** k / (2 * k + 1) for k in range(1000)))\n</answer>")
-
-
-def test_pi_prompts_bbp_first_each_naming_its_method():
-    assert evaluation.PI_PROMPTS[0].id == "bbp" and "Bailey-Borwein-Plouffe" in evaluation.PI_PROMPTS[0].text
-    assert len({p.method for p in evaluation.PI_PROMPTS}) == len(evaluation.PI_PROMPTS) >= 3
-    messages = evaluation.pi_messages(evaluation.PI_PROMPTS[0])
-    assert messages[0] == {"role": "system", "content": data.SYSTEM_PROMPT}  # the system prompt GRPO trained with
-
-
-def test_scores_a_correct_bbp_program():
-    row = evaluation.score_pi_reply(REPLIES["BBP series (correct)"], asked_method="bbp")
-    assert row["has_code"] and row["code_source"] == "fenced" and row["method"] == "bbp" and row["follows_method"]
-    assert row["ran_ok"] and row["cheat_reason"] is None
-    assert row["digits_correct"] == row["honest_digits"] == 16  # 3.141592653589793
-    assert row["stdout"].strip() == "3.141592653589793"
-
-
-def test_scores_monte_carlo_as_the_wrong_method_with_few_digits():
-    row = evaluation.score_pi_reply(REPLIES["Monte Carlo"], asked_method="bbp")
-    assert row["method"] == "monte_carlo" and not row["follows_method"] and row["ran_ok"]
-    assert 1 <= row["digits_correct"] <= 4 and row["cheat_reason"] is None
-
-
-def test_a_math_pi_cheat_prints_pi_but_earns_no_honest_digits():
-    row = evaluation.score_pi_reply(REPLIES["math.pi (cheat)"], asked_method="bbp")
-    assert row["ran_ok"] and row["digits_correct"] == 16 and row["honest_digits"] == 0
-    assert "math.pi" in row["cheat_reason"] and row["method"] == "library_constant"
-
-
-def test_no_code_crash_and_timeout():
-    none = evaluation.score_pi_reply("Pi is about 3.14159.")
-    assert not none["has_code"] and not none["ran_ok"] and none["digits_correct"] == 0
-    crash = evaluation.score_pi_reply(CRASH)
-    assert crash["has_code"] and not crash["ran_ok"] and crash["returncode"] not in (0, None)
-    assert "ZeroDivisionError" in crash["stderr"]
-    start = time.monotonic()
-    loop = evaluation.score_pi_reply(LOOP, timeout_s=1.0)
-    assert loop["timed_out"] and not loop["ran_ok"] and loop["returncode"] is None
-    assert time.monotonic() - start < 10
-
-
-def test_unfenced_program_inside_answer_tags_is_run():
-    code, where = evaluation.extract_program(UNFENCED)
-    assert where == "answer_tag" and code.startswith("print(")
-    row = evaluation.score_pi_reply(UNFENCED, asked_method="leibniz")
-    assert row["ran_ok"] and row["method"] == "leibniz" and row["follows_method"] and row["digits_correct"] == 3
-    assert evaluation.extract_program("<answer>\n42\n</answer>") == (None, None)
-
-
-def test_pi_comparison_on_canned_replies(monkeypatch):
-    def reply_for(side, question, i):
-        if side == "base":
-            return REPLIES["Monte Carlo"] if i == 0 else "No idea."
-        return REPLIES["BBP series (correct)"] if "Bailey" in question else REPLIES["math.pi (cheat)"]
-
-    fake = FakeGenerator(reply_for)
-    monkeypatch.setattr(evaluation, "generate_completions", fake)
-    settings = SamplingSettings(max_new_tokens=16, temperature=0.7, num_samples=2)
-    prompts = evaluation.PI_PROMPTS[:2]
-    result = evaluation.run_pi_comparison("model", "tok", settings, prompts=prompts, lora_request="LORA")
-    assert fake.calls[0]["prompts"] == fake.calls[1]["prompts"] and fake.calls[0]["settings"] == settings
-    assert [c["use_adapter"] for c in fake.calls] == [False, True]
-    rows = result["rows"]
-    assert len(rows) == 2 * len(prompts) * 2
-    assert {(r["model"], r["prompt_id"], r["sample"]) for r in rows} == {
-        (m, p.id, i) for m in ("base", "trained") for p in prompts for i in range(2)}
-    table = evaluation.pi_summary(rows)
-    assert table.loc[("bbp", "trained"), "best_honest_digits"] == 16
-    assert table.loc[("bbp", "base"), "wrote_code"] == 0.5
-    assert table.loc[("machin", "trained"), "cheated"] == 1.0
-    pair = evaluation.representative_pair(rows, "bbp")
-    assert pair["trained"]["method"] == "bbp" and pair["base"]["sample"] == 1  # the median: the no-code one
-    facts = evaluation.pi_facts(pair["trained"])
-    assert facts["digits of pi right"] == 16 and facts["ran"] == "yes"
-    json.dumps(result)  # saveable as is
-
-
 def test_side_by_side_html_escapes_and_flip_browser_builds():
     from grpo_helpers import plotting
 
@@ -226,14 +141,14 @@ def test_side_by_side_html_escapes_and_flip_browser_builds():
     assert "No question" in plotting.flip_browser([]).value
 
 
-# --- the adapter from notebook 03 ------------------------------------------------------------------
+# --- the adapter from notebook 04 ------------------------------------------------------------------
 
 def test_missing_adapter_names_the_folder_and_notebook_03(artifacts):
     with pytest.raises(modeling.AdapterNotFoundError) as error:
         modeling.find_adapter(PROFILES["tiny"])
     message = str(error.value)
     assert str(artifacts / "tiny" / "lora_adapter") in message
-    assert "run notebooks/03_train_grpo.ipynb first (same profile, same artifacts folder / drive)" in message.lower()
+    assert "run notebooks/04_train_grpo.ipynb first (same profile, same artifacts folder / drive)" in message.lower()
     (artifacts / "tiny" / "checkpoints" / "checkpoint-20").mkdir(parents=True)
     with pytest.raises(modeling.AdapterNotFoundError, match="resumes from the newest"):
         modeling.find_adapter(PROFILES["tiny"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from collections import namedtuple
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 

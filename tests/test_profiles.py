@@ -70,3 +70,24 @@ def test_replace_returns_a_changed_copy():
 def test_model_name_marks_the_tiny_model():
     assert PROFILES["tiny"].model_name == profiles.TINY_MODEL_NAME
     assert "Llama-3.1-8B-Instruct" in PROFILES["t4"].model_name
+
+
+def test_replace_refuses_an_unknown_field_and_lists_the_valid_ones():
+    with pytest.raises(ProfileError, match=r"no field 'lerning_rate'.*Valid names: name, description,.*learning_rate"):
+        PROFILES["t4"].replace(lerning_rate=1e-5)
+
+
+def test_every_field_is_documented_where_it_is_declared():
+    source = open(profiles.__file__).read()
+    body = source[source.index("class Profile:"):source.index("    def replace(")]
+    for field in dataclasses.fields(profiles.Profile):
+        line = next(line for line in body.splitlines() if line.strip().startswith(f"{field.name}:"))
+        assert "#" in line and len(line.split("#", 1)[1].strip()) > 10, f"{field.name} has no comment"
+
+
+def test_tiny_restates_only_what_differs_from_t4():
+    source = open(profiles.__file__).read()
+    tiny_block = source[source.index("TINY = T4.replace("):source.index("PROFILES: dict")]
+    restated = [line.split("=")[0].strip() for line in tiny_block.splitlines()[1:] if "=" in line.split("#")[0]]
+    same = [name for name in restated if getattr(profiles.TINY, name) == getattr(profiles.T4, name)]
+    assert not same, f"TINY restates T4's values for {same}"

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from grpo_helpers import chat_tokens, data, evaluation, modeling, rewards, smollm2, training
+from grpo_helpers import callbacks, chat_tokens, data, evaluation, modeling, rewards, smollm2, training
 from grpo_helpers.generation import SamplingSettings, generate_completions
 from grpo_helpers.profiles import PROFILES
 
@@ -122,7 +122,7 @@ def test_replies_to_real_gsm8k_end_at_the_end_of_turn(loaded, profile):
     assert len(questions) == QUESTIONS and "####" in questions[0]["solution"]  # real GSM8K, not synthetic
     # One short chat request besides the questions, so some reply surely ends inside the budget.
     prompts = [*questions["prompt"], data.format_prompt("Say hello in one short sentence.")]
-    settings = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, seed=profile.seed)  # greedy, as notebook 04
+    settings = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, seed=profile.seed)  # greedy, as notebook 05
     start = time.monotonic()
     completions = [group[0] for group in generate_completions(model, tokenizer, prompts, settings,
                                                                batch_size=len(prompts))]
@@ -159,7 +159,7 @@ def test_two_grpo_steps_log_rewards_and_save_the_adapter(loaded, profile, artifa
     result = training.train_grpo(model, tokenizer, train_set, profile, redraw_every_s=1e9, resume=False)
     print(f"{profile.max_steps} GRPO steps in {time.monotonic() - start:.1f} s")
     assert result.global_step == profile.max_steps and result.resumed_from is None
-    metrics = training.read_metrics(result.metrics_csv)
+    metrics = callbacks.read_metrics(result.metrics_csv)
     for name in ("loss", "reward", "rewards/correctness_reward/mean", "completions/mean_length"):
         steps = sorted(set(metrics.query("name == @name")["step"]))
         assert steps == list(range(1, profile.max_steps + 1)), f"{name} logged at steps {steps}"

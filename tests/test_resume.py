@@ -13,7 +13,7 @@ from unittest import mock
 
 import pytest
 
-from grpo_helpers import data, modeling, paths, rewards, training
+from grpo_helpers import callbacks, checkpoints, data, modeling, paths, rewards, training
 from grpo_helpers.profiles import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,18 +30,18 @@ def fake_checkpoint(folder: Path, run_id: str | None = None) -> Path:
     from safetensors.torch import save
 
     folder.mkdir(parents=True)
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": training.checkpoint_step(folder)}))
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": checkpoints.checkpoint_step(folder)}))
     (folder / "adapter_model.safetensors").write_bytes(save({"lora_A": torch.zeros(4, 2)}))
-    for name in training.REQUIRED_STATE_FILES:
+    for name in checkpoints.REQUIRED_STATE_FILES:
         torch.save({"state": {}}, folder / name)
     if run_id:
-        (folder / training.RUN_FILE).write_text(json.dumps({"run_id": run_id}))
+        (folder / checkpoints.RUN_FILE).write_text(json.dumps({"run_id": run_id}))
     return folder
 
 
 def moved_aside(profile_name: str) -> dict[str, Path]:
     """Everything under <checkpoints>-previous/, by name."""
-    root = paths.checkpoints_dir(profile_name).parent / f"checkpoints{training.PREVIOUS_SUFFIX}"
+    root = paths.checkpoints_dir(profile_name).parent / f"checkpoints{checkpoints.PREVIOUS_SUFFIX}"
     return {p.name: p for stamp in root.glob("*") for p in stamp.iterdir()} if root.is_dir() else {}
 
 
@@ -66,7 +66,7 @@ def train_set():
 
 
 def reward_steps(result: training.TrainingResult) -> list[int]:
-    table = training.read_metrics(result.metrics_csv).query("name != 'epoch'")  # the end-of-train log repeats it
+    table = callbacks.read_metrics(result.metrics_csv).query("name != 'epoch'")  # the end-of-train log repeats it
     assert not table.duplicated(["step", "name"]).any(), "a step was logged twice"
     return sorted(table.query("name == 'reward'")["step"])
 
@@ -92,23 +92,23 @@ def test_the_run_is_its_optimisation_settings_not_its_bookkeeping():
 
 def test_a_checkpoint_is_complete_only_with_whole_files(tmp_path):
     folder = fake_checkpoint(tmp_path / "checkpoint-4")
-    assert training.checkpoint_problem(folder) is None
+    assert checkpoints.checkpoint_problem(folder) is None
     weights = folder / "adapter_model.safetensors"
     whole = weights.read_bytes()
     weights.write_bytes(whole[:-3])  # half uploaded: header intact, data short
-    assert "bytes where its header says" in training.checkpoint_problem(folder)
+    assert "bytes where its header says" in checkpoints.checkpoint_problem(folder)
     weights.write_bytes(whole[:5])
-    assert "truncated" in training.checkpoint_problem(folder)
+    assert "truncated" in checkpoints.checkpoint_problem(folder)
     weights.write_bytes(whole)
     optimizer = folder / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[:40])  # a zip without its end record
-    assert training.checkpoint_problem(folder) == "optimizer.pt is truncated"
+    assert checkpoints.checkpoint_problem(folder) == "optimizer.pt is truncated"
     optimizer.write_bytes(b"")
-    assert training.checkpoint_problem(folder) == "optimizer.pt is empty"
+    assert checkpoints.checkpoint_problem(folder) == "optimizer.pt is empty"
     optimizer.unlink()
-    assert training.checkpoint_problem(folder) == "no optimizer.pt"
+    assert checkpoints.checkpoint_problem(folder) == "no optimizer.pt"
     (folder / "trainer_state.json").unlink()
-    assert training.checkpoint_problem(folder) == "no trainer_state.json"
+    assert checkpoints.checkpoint_problem(folder) == "no trainer_state.json"
 
 
 def test_latest_checkpoint_keeps_to_its_run(tmp_path):
@@ -116,18 +116,18 @@ def test_latest_checkpoint_keeps_to_its_run(tmp_path):
     fake_checkpoint(tmp_path / "checkpoint-10", "mine")
     fake_checkpoint(tmp_path / "checkpoint-250", "another")  # higher step, newer mtime
     fake_checkpoint(tmp_path / "checkpoint-300")  # old format: no run.json
-    assert training.latest_checkpoint(tmp_path, "mine") == str(tmp_path / "checkpoint-10")
-    assert training.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-300")  # the old signature: any run
-    assert training.latest_checkpoint(tmp_path, "nobody") is None
+    assert checkpoints.latest_checkpoint(tmp_path, "mine") == str(tmp_path / "checkpoint-10")
+    assert checkpoints.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-300")  # the old signature: any run
+    assert checkpoints.latest_checkpoint(tmp_path, "nobody") is None
 
 
 def test_metrics_are_cut_back_to_the_checkpoint(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("step,epoch,name,value,wall_time\n"
                     "1,0.1,reward,0.5,1\n2,0.2,reward,0.6,2\n3,0.3,reward,0.7,3\n3,0.3,re")
-    assert training.truncate_metrics(path, 2) == 2  # step 3 and the line torn by the disconnect
-    assert list(training.read_metrics(path)["step"]) == [1, 2]
-    assert training.truncate_metrics(path, 2) == 0 and training.truncate_metrics(tmp_path / "none.csv", 2) == 0
+    assert checkpoints.truncate_metrics(path, 2) == 2  # step 3 and the line torn by the disconnect
+    assert list(callbacks.read_metrics(path)["step"]) == [1, 2]
+    assert checkpoints.truncate_metrics(path, 2) == 0 and checkpoints.truncate_metrics(tmp_path / "none.csv", 2) == 0
 
 
 # --- training: interrupted, resumed, continued -------------------------------------------------------
@@ -135,27 +135,27 @@ def test_metrics_are_cut_back_to_the_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_a_resume_after_an_interrupted_new_run_continues_the_new_run(artifacts, loaded, train_set, capsys):
     model, tokenizer = loaded
-    checkpoints = paths.checkpoints_dir(FAST.name)
-    fake_checkpoint(checkpoints / "checkpoint-250", run_id="an-earlier-run")
-    fake_checkpoint(checkpoints / "checkpoint-300")  # from before checkpoints named their run
-    (paths.profile_dir(FAST.name) / training.METRICS_FILE).write_text("step,epoch,name,value,wall_time\n")
+    checkpoint_dir = paths.checkpoints_dir(FAST.name)
+    fake_checkpoint(checkpoint_dir / "checkpoint-250", run_id="an-earlier-run")
+    fake_checkpoint(checkpoint_dir / "checkpoint-300")  # from before checkpoints named their run
+    (paths.profile_dir(FAST.name) / callbacks.METRICS_FILE).write_text("step,epoch,name,value,wall_time\n")
 
     first = training.train_grpo(model, tokenizer, train_set, FAST, resume=False, stop_after=2, **QUIET)
     assert first.stopped_early and first.global_step == 2
-    assert {"checkpoint-250", "checkpoint-300", training.METRICS_FILE} <= set(moved_aside(FAST.name))
-    assert training.checkpoint_folders(checkpoints) == [checkpoints / "checkpoint-2"]
+    assert {"checkpoint-250", "checkpoint-300", callbacks.METRICS_FILE} <= set(moved_aside(FAST.name))
+    assert checkpoints.checkpoint_folders(checkpoint_dir) == [checkpoint_dir / "checkpoint-2"]
 
     # The earlier run's checkpoint turns up again, with a higher step and a newer mtime.
-    intruder = fake_checkpoint(checkpoints / "checkpoint-500", run_id="an-earlier-run")
+    intruder = fake_checkpoint(checkpoint_dir / "checkpoint-500", run_id="an-earlier-run")
     later = time.time() + 3600
     os.utime(intruder, (later, later))
     capsys.readouterr()
     second = training.train_grpo(model, tokenizer, train_set, FAST, **QUIET)
-    assert second.resumed_from == str(checkpoints / "checkpoint-2") and second.global_step == FAST.max_steps
+    assert second.resumed_from == str(checkpoint_dir / "checkpoint-2") and second.global_step == FAST.max_steps
     assert second.run_id == first.run_id and not intruder.exists()
     assert "checkpoint-500 (another run's" in capsys.readouterr().out
     assert reward_steps(second) == list(range(1, FAST.max_steps + 1))
-    assert training.checkpoint_run_id(second.checkpoint) == first.run_id
+    assert checkpoints.checkpoint_run_id(second.checkpoint) == first.run_id
     card = json.loads((second.adapter_dir / training.ADAPTER_INFO_FILE).read_text())
     assert card["run_id"] == first.run_id and card["run"]["profile"] == FAST.name
 
@@ -164,18 +164,18 @@ def test_a_resume_after_an_interrupted_new_run_continues_the_new_run(artifacts, 
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(artifacts, loaded, train_set, capsys):
     model, tokenizer = loaded
     profile = FAST.replace(save_steps=1)
-    checkpoints = paths.checkpoints_dir(profile.name)
+    checkpoint_dir = paths.checkpoints_dir(profile.name)
     training.train_grpo(model, tokenizer, train_set, profile, resume=False, stop_after=3, **QUIET)
-    weights = checkpoints / "checkpoint-3" / "adapter_model.safetensors"
+    weights = checkpoint_dir / "checkpoint-3" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # Drive got half of it
-    (checkpoints / "checkpoint-2" / "optimizer.pt").write_bytes(b"passes the cheap checks, fails to load")
+    (checkpoint_dir / "checkpoint-2" / "optimizer.pt").write_bytes(b"passes the cheap checks, fails to load")
     capsys.readouterr()
 
     result = training.train_grpo(model, tokenizer, train_set, profile, **QUIET)
     out = capsys.readouterr().out
-    assert result.resumed_from == str(checkpoints / "checkpoint-1") and result.global_step == profile.max_steps
+    assert result.resumed_from == str(checkpoint_dir / "checkpoint-1") and result.global_step == profile.max_steps
     assert "checkpoint-3 (incomplete, adapter_model.safetensors is" in out
-    assert "checkpoint-2 (failed to load" in out and f"Falling back to {checkpoints / 'checkpoint-1'}" in out
+    assert "checkpoint-2 (failed to load" in out and f"Falling back to {checkpoint_dir / 'checkpoint-1'}" in out
     assert {"checkpoint-2", "checkpoint-3"} <= set(moved_aside(profile.name))
     assert reward_steps(result) == list(range(1, profile.max_steps + 1))
 
@@ -183,9 +183,9 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(artifacts,
 @pytest.mark.slow
 def test_when_no_checkpoint_of_the_run_loads_it_says_to_restart(artifacts, loaded, train_set):
     model, tokenizer = loaded
-    checkpoints = paths.checkpoints_dir(FAST.name)
+    checkpoint_dir = paths.checkpoints_dir(FAST.name)
     training.train_grpo(model, tokenizer, train_set, FAST, resume=False, stop_after=2, **QUIET)
-    (checkpoints / "checkpoint-2" / "optimizer.pt").write_bytes(b"passes the cheap checks, fails to load")
+    (checkpoint_dir / "checkpoint-2" / "optimizer.pt").write_bytes(b"passes the cheap checks, fails to load")
     with pytest.raises(RuntimeError, match=r"Runtime > Restart session\) and run this notebook again"):
         training.train_grpo(model, tokenizer, train_set, FAST, **QUIET)
     assert "checkpoint-2" in moved_aside(FAST.name) and training.resume_step(FAST) == 0
@@ -194,16 +194,16 @@ def test_when_no_checkpoint_of_the_run_loads_it_says_to_restart(artifacts, loade
 @pytest.mark.slow
 def test_after_a_kill_and_resume_every_step_is_in_metrics_once(artifacts, loaded, train_set, capsys):
     model, tokenizer = loaded
-    checkpoints = paths.checkpoints_dir(FAST.name)
+    checkpoint_dir = paths.checkpoints_dir(FAST.name)
     first = training.train_grpo(model, tokenizer, train_set, FAST, resume=False, stop_after=3, **QUIET)
     assert reward_steps(first) == [1, 2, 3]
-    shutil.rmtree(checkpoints / "checkpoint-3")  # killed after step 3 was logged, before it was saved
+    shutil.rmtree(checkpoint_dir / "checkpoint-3")  # killed after step 3 was logged, before it was saved
     with first.metrics_csv.open("a") as handle:
         handle.write("3,0.1,rewa")  # and mid-line
     capsys.readouterr()
 
     result = training.train_grpo(model, tokenizer, train_set, FAST, **QUIET)
-    assert result.resumed_from == str(checkpoints / "checkpoint-2")
+    assert result.resumed_from == str(checkpoint_dir / "checkpoint-2")
     assert "metrics.csv rows after step 2, redone now" in capsys.readouterr().out
     assert reward_steps(result) == list(range(1, FAST.max_steps + 1))
 
@@ -212,23 +212,23 @@ def test_after_a_kill_and_resume_every_step_is_in_metrics_once(artifacts, loaded
 def test_stop_after_then_resume_reaches_max_steps_as_the_same_run(artifacts, loaded, train_set, capsys, monkeypatch):
     model, tokenizer = loaded
     monkeypatch.setattr(paths, "DRIVE_ROOT", artifacts.parent)  # as if the artifacts were on Google Drive
-    checkpoints = paths.checkpoints_dir(FAST.name)
+    checkpoint_dir = paths.checkpoints_dir(FAST.name)
     from transformers.utils.notebook import NotebookProgressCallback  # Colab's progress bar
 
     first = training.train_grpo(model, tokenizer, train_set, FAST, resume=False, stop_after=2,
                                 callbacks=[NotebookProgressCallback()], **QUIET)
     assert first.stopped_early and first.adapter_dir is None and first.global_step == 2
-    assert first.checkpoint == str(checkpoints / "checkpoint-2") and first.metrics_csv.is_file()
+    assert first.checkpoint == str(checkpoint_dir / "checkpoint-2") and first.metrics_csv.is_file()
     assert not any(paths.adapter_dir(FAST.name).glob("*"))  # no adapter, no card: the run is not finished
     assert capsys.readouterr().out.count("drive.google.com > Trash > Empty trash") == 1
-    run_file = json.loads((checkpoints / "checkpoint-2" / training.RUN_FILE).read_text())
+    run_file = json.loads((checkpoint_dir / "checkpoint-2" / checkpoints.RUN_FILE).read_text())
     assert run_file["run_id"] == first.run_id and run_file["global_step"] == 2
     assert training.resume_step(FAST, model) == 2
 
     result = training.train_grpo(model, tokenizer, train_set, FAST, **QUIET)
     assert not result.stopped_early and result.global_step == FAST.max_steps and result.run_id == first.run_id
     assert result.resumed_from == first.checkpoint
-    assert [training.checkpoint_run_id(f) for f in training.checkpoint_folders(checkpoints)] == [first.run_id] * 2
+    assert [checkpoints.checkpoint_run_id(f) for f in checkpoints.checkpoint_folders(checkpoint_dir)] == [first.run_id] * 2
     card = json.loads((result.adapter_dir / training.ADAPTER_INFO_FILE).read_text())
     assert card["global_step"] == FAST.max_steps and card["run_id"] == first.run_id
 
@@ -248,7 +248,7 @@ def test_a_profile_asking_for_vllm_stops_before_training_without_an_engine(artif
     assert "ModuleNotFoundError: No module named 'vllm'" in message  # what vLLM itself says
     assert "Runtime > Restart session" in message and "fast_inference=False" in message
     assert not any(paths.adapter_dir(T4_LIKE.name).glob("*")) and old.is_dir()  # nothing written, nothing moved
-    assert not (paths.profile_dir(T4_LIKE.name) / training.METRICS_FILE).exists()
+    assert not (paths.profile_dir(T4_LIKE.name) / callbacks.METRICS_FILE).exists()
     with pytest.raises(modeling.VLLMUnavailableError):
         training.build_trainer(model, tokenizer, train_set, T4_LIKE)
 

@@ -19,17 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from grpo_helpers.sandbox import (
-    BASE_ENV,
-    RunResult,
+from grpo_helpers.pi_programs import (
     classify_pi_method,
     extract_python_code,
-    isolation_report,
     pi_cheat_reason,
     pi_digits_correct,
     pi_reference_digits,
-    run_python,
 )
+from grpo_helpers.sandbox import BASE_ENV, RunResult, isolation_report, run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -629,13 +626,13 @@ def test_bbp_program_end_to_end() -> None:
 
 
 def test_running_this_file_with_python_only() -> None:
-    """The module is stdlib-only: it imports with -I -S (no site-packages).
+    """sandbox and pi_programs are stdlib-only: they import with -I -S (no site-packages).
 
     A bare interpreter, not the sandbox: the sandbox's private /tmp would hide a checkout under /tmp."""
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-c", "import sys\nsys.path.insert(0, " + repr(str(REPO_ROOT)) + ")\n"
-         "import grpo_helpers.sandbox as s\nprint(s.pi_digits_correct('3.14'))"],
+         "import grpo_helpers.sandbox as s, grpo_helpers.pi_programs as p\n"
+         "print(s.run_python.__name__, p.pi_digits_correct('3.14'))"],
         capture_output=True, text=True, timeout=60,
     )
-    assert result.stdout == "3\n", result
-    assert sys.version_info >= (3, 10)
+    assert result.stdout == "run_python 3\n", result

@@ -7,8 +7,8 @@ from unittest import mock
 
 import pytest
 
-from grpo_helpers import data, modeling, paths, rewards, tiny, training
-from grpo_helpers.profiles import PROFILES
+from grpo_helpers import callbacks, checkpoints, data, modeling, paths, rewards, tiny, training
+from grpo_helpers.profiles import PROFILES, ProfileError
 
 TINY = PROFILES["tiny"]
 
@@ -30,36 +30,37 @@ def test_t4_values_are_fp16_vllm_and_fit_a_group_per_step(tmp_path):
     assert batch % values["num_generations"] == 0
 
 
-def test_unknown_arguments_are_dropped_with_a_warning_naming_them(tmp_path):
-    with pytest.warns(UserWarning, match="vllm_turbo_mode"):
-        config = training.build_grpo_config(TINY, tmp_path, vllm_turbo_mode=True)
-    assert not hasattr(config, "vllm_turbo_mode")
+def test_an_unknown_override_is_an_error_listing_the_valid_names(tmp_path):
+    with pytest.raises(ProfileError, match=r"no field 'vllm_turbo_mode'.*Valid names: .*num_iterations"):
+        training.build_grpo_config(TINY, tmp_path, vllm_turbo_mode=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the profile's own values all exist in the pinned TRL
-        training.build_grpo_config(PROFILES["t4"].replace(fast_inference=False), tmp_path)
+        config = training.build_grpo_config(PROFILES["t4"].replace(fast_inference=False), tmp_path)
+    assert (config.loss_type, config.epsilon, config.num_iterations, config.scale_rewards) == ("dapo", 0.2, 1, "group")
+    assert (config.adam_beta1, config.adam_beta2) == (0.9, 0.99)
 
 
 def test_latest_checkpoint_skips_half_written_ones(tmp_path):
-    assert training.latest_checkpoint(tmp_path / "none") is None
+    assert checkpoints.latest_checkpoint(tmp_path / "none") is None
     for step in (5, 10, 15, 20):
         (tmp_path / f"checkpoint-{step}").mkdir()
     for step in (5, 10, 20):  # complete: state, weights (an empty safetensors file), optimizer and scheduler
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
         (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"\x02" + b"\x00" * 7 + b"{}")
-        for name in training.REQUIRED_STATE_FILES:
+        for name in checkpoints.REQUIRED_STATE_FILES:
             (tmp_path / f"checkpoint-{step}" / name).write_bytes(b"state")
     (tmp_path / "checkpoint-20" / "adapter_model.safetensors").write_bytes(b"\x02" + b"\x00" * 7)  # cut off
     (tmp_path / "checkpoint-junk").mkdir()
-    assert training.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert checkpoints.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
 
 
 def test_callback_appends_metrics_and_draws_curves(artifacts):
-    callback = training.live_metrics_callback(TINY, redraw_every_s=0.0)
+    callback = callbacks.live_metrics_callback(TINY, redraw_every_s=0.0)
     for step in range(1, 5):
         logs = {"reward": 0.5 + step / 10, "rewards/correctness_reward/mean": step / 10,
                 "completions/mean_length": 40.0 - step, "kl": 0.01 * step, "note": "text is skipped"}
         callback.on_log(None, SimpleNamespace(global_step=step, epoch=step / 100), None, logs=logs)
-    table = training.read_metrics(callback.metrics_path)
+    table = callbacks.read_metrics(callback.metrics_path)
     assert len(table) == 4 * 4 and set(table["name"]) == {"reward", "rewards/correctness_reward/mean",
                                                           "completions/mean_length", "kl"}
     assert callback.png_path.is_file() and callback.png_path.stat().st_size > 10_000
@@ -127,7 +128,7 @@ def test_resume_after_a_disconnect_loses_at_most_one_save_interval(artifacts, wa
     train_set = data.load_gsm8k("train", profile)
     with pytest.raises(Disconnect):
         training.train_grpo(model, tokenizer, train_set, profile, redraw_every_s=1e9, callbacks=[CutOff()])
-    checkpoint = training.latest_checkpoint(paths.checkpoints_dir(profile.name))
+    checkpoint = checkpoints.latest_checkpoint(paths.checkpoints_dir(profile.name))
     assert checkpoint is not None
     lost = cut_at - int(checkpoint.rsplit("-", 1)[1])
     assert 0 <= lost <= profile.save_steps
@@ -135,7 +136,7 @@ def test_resume_after_a_disconnect_loses_at_most_one_save_interval(artifacts, wa
     model, tokenizer = _load(profile, warm_tiny_dir)  # a fresh runtime: everything reloaded
     result = training.train_grpo(model, tokenizer, train_set, profile, redraw_every_s=1e9)
     assert result.resumed_from == checkpoint and result.global_step == profile.max_steps
-    steps_logged = training.read_metrics(result.metrics_csv).query("name == 'reward'")["step"]
+    steps_logged = callbacks.read_metrics(result.metrics_csv).query("name == 'reward'")["step"]
     assert sorted(set(steps_logged)) == list(range(1, profile.max_steps + 1))  # curves span the whole run
 
     base, _ = modeling.load_base_model(profile.replace(model_name=str(warm_tiny_dir)))

@@ -1,0 +1,139 @@
+"""The Trainer callbacks: live metrics (metrics.csv and the curves PNG) and the run file in every checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .checkpoints import CHECKPOINT_PREFIX, write_run_file
+from .plotting import metrics_table, plot_training_curves
+from .profiles import Profile
+
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "reward_curves.png"
+
+
+def read_metrics(path: str | Path) -> "Any":
+    """metrics.csv as a DataFrame of long rows: step, epoch, name, value, wall_time."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame(columns=["step", "epoch", "name", "value", "wall_time"])
+    return pd.read_csv(path)
+
+
+def _make_callback_class() -> type:
+    from transformers import TrainerCallback
+
+    class LiveMetricsCallback(TrainerCallback):
+        """Append every logged metric to metrics.csv and redraw the reward curves while training."""
+
+        def __init__(self, metrics_path: Path, png_path: Path, redraw_every_s: float = 15.0, window: int = 5):
+            self.metrics_path, self.png_path = Path(metrics_path), Path(png_path)
+            self.redraw_every_s, self.window = redraw_every_s, window
+            self._last_draw = 0.0
+            self._display = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._last_draw = time.monotonic()  # the first curves are drawn once there is a trend
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            if not numbers:
+                return
+            new_file = not self.metrics_path.exists()
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.metrics_path.open("a", newline="") as handle:
+                writer = csv.writer(handle)
+                if new_file:
+                    writer.writerow(["step", "epoch", "name", "value", "wall_time"])
+                now = round(time.time(), 3)
+                writer.writerows([state.global_step, state.epoch, k, v, now] for k, v in numbers.items())
+            if time.monotonic() - self._last_draw >= self.redraw_every_s:
+                self.redraw()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.redraw()
+
+        def redraw(self) -> None:
+            """Draw the curves from metrics.csv: inline in a notebook, and always to the PNG."""
+            import matplotlib.pyplot as plt
+
+            self._last_draw = time.monotonic()
+            table = metrics_table(read_metrics(self.metrics_path))
+            if "reward" not in table.columns:
+                return
+            fig = plot_training_curves(table, window=self.window)
+            fig.savefig(self.png_path, dpi=110)
+            if _in_notebook():
+                from IPython.display import display
+
+                if self._display is None:
+                    self._display = display(fig, display_id=True)
+                else:
+                    self._display.update(fig)
+            plt.close(fig)
+
+    return LiveMetricsCallback
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ in ("ZMQInteractiveShell", "Shell")
+
+
+def live_metrics_callback(profile: Profile, redraw_every_s: float = 15.0) -> Any:
+    """The callback writing <artifacts>/<profile>/metrics.csv and reward_curves.png."""
+    folder = paths.profile_dir(profile.name)
+    return _make_callback_class()(folder / METRICS_FILE, folder / CURVES_FILE, redraw_every_s=redraw_every_s)
+
+
+def _make_run_callback_class() -> type:
+    from transformers import TrainerCallback
+
+    class RunCallback(TrainerCallback):
+        """Write run.json into every checkpoint; stop, with a checkpoint, once global_step reaches `stop_after`."""
+
+        def __init__(self, run: dict[str, Any], stop_after: int | None = None):
+            self.run, self.stop_after = run, stop_after
+            self.began = False  # True once the Trainer has loaded the checkpoint and starts stepping
+            self.progress: list[Any] = []  # the trainer's callbacks, for the notebook progress bar fix below
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.began = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            # transformers 4.56's notebook progress bar divides by None at the end of a run stopped before
+            # max_steps after 2+ steps (a stop_after run in Colab); without an ETA it draws the bar plainly.
+            if state.global_step < state.max_steps:
+                for tracker in (getattr(cb, "training_tracker", None) for cb in self.progress):
+                    if hasattr(tracker, "predicted_remaining"):
+                        tracker.predicted_remaining = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.stop_after is not None and state.global_step >= self.stop_after:
+                control.should_save = control.should_training_stop = True
+            if control.should_save:  # before the Trainer writes the checkpoint: no window without run.json
+                self._write(args, state)
+
+        def on_save(self, args, state, control, **kwargs):
+            self._write(args, state)
+
+        def _write(self, args, state) -> None:
+            write_run_file(Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}", self.run,
+                           state.global_step)
+
+    return RunCallback
+
+
+def run_callback(run: dict[str, Any], stop_after: int | None = None) -> Any:
+    """The callback that writes run.json into each checkpoint and stops (checkpointed) at `stop_after`."""
+    return _make_run_callback_class()(run, stop_after)

@@ -1,0 +1,60 @@
+"""The package's shape: small modules, each with one job, and the import walls the design relies on."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "grpo_helpers"
+MODULES = sorted(PACKAGE.glob("*.py"))
+MAX_LINES = 400
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    """(imported module, column) for every import in a module: column 0 is the top level."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            found += [(base + a.name if node.module is None else base, node.col_offset) for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(a.name, node.col_offset) for a in node.names]
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+def test_no_module_is_over_400_lines(path):
+    assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+def test_rewards_reach_neither_model_building_nor_the_trainer():
+    imported = {name for name, _ in _imports(PACKAGE / "rewards.py")}
+    assert not {n for n in imported if n.endswith("tiny") or n.startswith(("trl", "transformers", "torch"))}
+
+
+# Sibling imports inside a function, each with its reason; every other one stands at the top.
+LAZY_SIBLINGS_ALLOWED = {
+    ("sizes.py", ".modeling"): "a cycle: modeling imports tiny, which builds the 8B-shaped model from sizes",
+    ("tiny.py", ".sizes"): "the same cycle, from the other end",
+}
+
+
+def _type_checking_lines(path: Path) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            lines |= set(range(node.lineno, node.end_lineno + 1))
+    return lines
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+def test_sibling_modules_are_imported_at_the_top(path):
+    typing_only = _type_checking_lines(path)
+    lazy = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level and node.col_offset > 0 and node.lineno not in typing_only:
+            names = [f".{node.module}"] if node.module else [f".{a.name}" for a in node.names]
+            lazy += [n for n in names if (path.name, n) not in LAZY_SIBLINGS_ALLOWED]
+    assert not lazy, f"{path.name} imports {lazy} inside a function"
