@@ -1,12 +1,14 @@
-"""Time per call of each default reward: on a realistic batch, and on 200 KB adversarial completions.
+"""Time per call of each default reward: on a realistic batch, on adversarial completions, and 200 KB vs 1 MB.
 
     python benchmarks/bench_rewards.py [--questions 16] [--repeats 20] [--math-verify]
 
 The realistic batch is six replies per GSM8K question (rewards.example_completions: perfect,
 one-line, chatty, wrong, untagged, cut off), from $GSM8K_DIR/test.jsonl when set, else from the
-synthetic generator. Each adversarial completion is ~200 KB and built to break naive parsers
-(unclosed and nested tags, 200,000-digit numbers, 100,000 numbers in one answer); the budget
-is 50 ms per reward per completion. --math-verify also times math_verify.parse on the same
+synthetic generator. Each adversarial completion (tests/test_rewards.py's adversarial_completions)
+is ~200 KB and built to break naive parsers (unclosed and nested tags, 200,000-digit numbers,
+100,000 numbers in one answer, unicode digits and fractions, number words); the budget is 50 ms
+per reward per completion. The scaling table times all five rewards on each at 200 KB and at 1 MB:
+linear time reads as a ratio near 5. --math-verify also times math_verify.parse on the same
 answers, the reason it is not in the reward path.
 """
 
@@ -22,10 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo_helpers import data, rewards  # noqa: E402
-from tests.test_rewards import ADVERSARIAL  # noqa: E402  (one corpus: what the tests check, the benchmark times)
+from grpo_helpers import answers, data, rewards  # noqa: E402
+from tests.test_rewards import adversarial_completions  # noqa: E402  (one corpus: the tests check, we time)
 
 BUDGET_MS = 50.0
+SIZES = (200_000, 1_000_000)
 
 
 def realistic_batch(questions: int) -> tuple[list[str], list[str], str]:
@@ -37,13 +40,13 @@ def realistic_batch(questions: int) -> tuple[list[str], list[str], str]:
         origin = f"{directory}/test.jsonl"
     else:
         rows, origin = data.synthetic_gsm8k(questions, seed=0), "the synthetic generator"
-    completions, answers = [], []
+    completions, golds = [], []
     for row in rows:
         gold = data.extract_hash_answer(row["answer"]) or "0"
         replies = rewards.example_completions(data.solution_reasoning(row["answer"]), gold)
         completions += replies.values()
-        answers += [gold] * len(replies)
-    return completions, answers, origin
+        golds += [gold] * len(replies)
+    return completions, golds, origin
 
 
 def median_ms(call, repeats: int) -> float:
@@ -65,21 +68,22 @@ def main() -> None:
     parser.add_argument("--math-verify", action="store_true")
     args = parser.parse_args()
 
-    completions, answers, origin = realistic_batch(args.questions)
+    completions, golds, origin = realistic_batch(args.questions)
     size_kb = sum(len(c) for c in completions) / 1000
     print(f"Realistic batch: {len(completions)} completions ({size_kb:.0f} KB) for {args.questions} "
           f"questions from {origin}; median of {args.repeats} calls\n")
     print(f"{'reward':<24}{'ms per batch call':>20}{'us per completion':>20}")
     for func in rewards.DEFAULT_REWARDS:
-        ms = median_ms(lambda: func(prompts=None, completions=completions, answer=answers), args.repeats)
+        ms = median_ms(lambda: func(prompts=None, completions=completions, answer=golds), args.repeats)
         print(f"{func.__name__:<24}{ms:>20.3f}{ms * 1000 / len(completions):>20.1f}")
 
     names = [f.__name__ for f in rewards.DEFAULT_REWARDS]
+    small, large = (adversarial_completions(size) for size in SIZES)
     print(f"\nAdversarial completions, one per call; ms per call, median of {max(3, args.repeats // 4)} "
           f"(budget {BUDGET_MS:.0f} ms)\n")
     print(f"{'completion':<32}{'KB':>6}" + "".join(f"{n.replace('_reward', ''):>16}" for n in names))
     worst = dict.fromkeys(names, 0.0)
-    for label, text in ADVERSARIAL.items():
+    for label, text in small.items():
         row = []
         for func in rewards.DEFAULT_REWARDS:
             ms = median_ms(lambda: func(prompts=None, completions=[text], answer=["5"]), max(3, args.repeats // 4))
@@ -89,6 +93,14 @@ def main() -> None:
     print(f"{'worst':<38}" + "".join(f"{worst[n]:>16.3f}" for n in names))
     over = [n for n in names if worst[n] > BUDGET_MS]
     print(f"\n{'OVER BUDGET: ' + ', '.join(over) if over else 'Every reward stays under the 50 ms budget.'}")
+
+    print(f"\nAll five rewards on one completion, ms per call (median of 3): {SIZES[0] // 1000} KB vs "
+          f"{SIZES[1] // 1000} KB; linear time is a ratio near {SIZES[1] / SIZES[0]:.0f}\n")
+    print(f"{'completion':<32}{'200 KB':>10}{'1 MB':>10}{'ratio':>8}")
+    for label in small:
+        times = [median_ms(lambda: [func(prompts=None, completions=[corpus[label]], answer=["5"])
+                                    for func in rewards.DEFAULT_REWARDS], 3) for corpus in (small, large)]
+        print(f"{label:<32}{times[0]:>10.2f}{times[1]:>10.2f}{times[1] / max(times[0], 1e-3):>8.1f}")
 
     if args.math_verify:
         import logging
@@ -105,17 +117,18 @@ def main() -> None:
         per_answer = (time.perf_counter() - start) * 1000 / len(texts)
         start = time.perf_counter()
         for text in texts:
-            rewards.parse_number(text)
+            answers.read_answer(text)
         ours = (time.perf_counter() - start) * 1000 / len(texts)
-        print(f"\nmath_verify.parse: {per_answer:.3f} ms per realistic answer (parse_number: {ours:.4f} ms)")
+        print(f"\nmath_verify.parse: {per_answer:.3f} ms per realistic answer (read_answer: {ours:.4f} ms, "
+              f"{per_answer / ours:.0f}x faster)")
         short_bomb = "$" + "(" * 60 + "1" + ")" * 60 + "$"  # 122 characters
-        for label, answer in [*((k, rewards.extract_xml_answer(ADVERSARIAL[k]) or "") for k in
-                                ["closed answer of 100000 numbers", "200000 nines in <answer>"]),
+        for label, answer in [*((k, rewards.extract_xml_answer(small[k]) or "") for k in
+                                ["closed answer of many numbers", "one huge number in <answer>"]),
                               ("60 nested parentheses (122 chars)", short_bomb)]:
             start = time.perf_counter()
             math_verify.parse(answer)  # its default timeout: 5 s, by SIGALRM
             print(f"math_verify.parse on {label!r}: {(time.perf_counter() - start) * 1000:.0f} ms "
-                  f"(parse_number: {median_ms(lambda: rewards.parse_number(answer), 3):.3f} ms)")
+                  f"(read_answer: {median_ms(lambda: answers.read_answer(answer), 3):.3f} ms)")
 
 
 if __name__ == "__main__":

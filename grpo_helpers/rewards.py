@@ -1,35 +1,36 @@
-"""The reward functions GRPO trains on (TRL's signature), answer extraction and number parsing.
+"""The reward functions GRPO trains on (TRL's signature), and reading a completion's answer.
 
 Every reward takes `(prompts, completions, **kwargs)` with the dataset's columns in kwargs
 (`answer` holds the gold number), accepts completions as strings or as chat messages, returns one
 float per completion and never raises: a reward that crashes kills a three-hour Colab run, so a
-completion that cannot be scored scores 0.0 instead. Everything runs in linear time: tags are
-found with `str.find`/`str.count` and the only regexes cannot backtrack more than a few characters.
+completion that cannot be scored scores 0.0 instead, alone (the rest of the batch is scored as
+usual, and TRL always gets one float per completion). Everything runs in linear time: tags are
+found with `str.find`/`str.count`, numbers by answers.py, whose regexes cannot backtrack.
 
 Each reward returns values on a 0..1 scale (so its curve in TRL's logs reads as "share of the
 group that ...") and `DEFAULT_REWARD_WEIGHTS` sets how much each one counts.
 
-Several numbers in one answer: the last one counts ("48 + 24 = 72"), and since only one is ever
-compared, listing candidates does not pay; `numeric_answer_reward` pays for a single bare number.
-math-verify is not used here: it is ~50x slower per answer and can spend seconds on one answer
-(5 s timeouts on 200 KB of numbers and on 122 characters of nested parentheses, see
-benchmarks/bench_rewards.py --math-verify), and its SIGALRM timeout fails outside the main thread.
-GSM8K's gold answers are all integers, so a linear parser of plain numbers (and LaTeX fractions)
-is the better tool here; the tests use math-verify as the reference it agrees with.
+The answer is read as a careful grader reads it (answers.read_answer): exactly one number, in any
+usual notation ("1 234", "1e3", "3 1/2", "\\frac12", "½", "forty-two"), the result of a worked
+answer ("48 + 24 = 72"); "41 or 42", "10-12" or "3:4" is ambiguous and scores 0, so listing
+candidates does not pay. math-verify is not used here: it is 30-50x slower per answer and can spend
+seconds on one answer (5 s timeouts on 200 KB of numbers and on 122 characters of nested
+parentheses, see benchmarks/bench_rewards.py --math-verify), and its SIGALRM timeout fails outside
+the main thread; tests/test_answers.py holds our reading against it, case by case.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
-import re
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import data
+from .answers import as_fraction, numbers_equal, parse_bare_number, parse_number, read_answer
 
 if TYPE_CHECKING:
+    from fractions import Fraction
+
     import pandas
 
 RewardFunc = Callable[..., list[float]]
@@ -37,28 +38,8 @@ RewardFunc = Callable[..., list[float]]
 REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 FORMAT_TAGS = (REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
-
-# A GSM8K answer has at most 8 digits; a longer "number" is garbage, and refusing it keeps
-# float() and int() away from 200,000-digit strings.
-MAX_NUMBER_CHARS = 40
 TRAILING_TEXT_PENALTY_PER_CHAR = 0.001
 TRAILING_TEXT_PENALTY_CAP = 0.5
-_TAIL_CHARS = 4 * MAX_NUMBER_CHARS + 16  # longer than any number parse_number accepts
-_NUMBER_CHARS = frozenset("0123456789,./$-\u2212 ")
-
-# One number: an optional sign (not a hyphen glued to a word or number: "10-12", "x-5"), an
-# optional "$", digits with or without thousands commas, an optional decimal part, and an optional
-# "/denominator". Every part is bounded or followed by a fixed character, so a failed attempt
-# backtracks a few characters at most: linear time on any input.
-_NUMBER = re.compile(
-    r"(?:(?<![\w)])(?P<minus>[-\u2212]))?\$?"
-    r"(?P<numerator>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
-    r"(?:\s?/\s?(?P<denominator>\d+(?:\.\d+)?))?",
-    re.ASCII,
-)
-_BARE_NUMBER = re.compile(rf"(?:{_NUMBER.pattern})%?\.?", re.ASCII)
-# LaTeX a model may put in <answer>: \frac{3}{4} -> 3/4, 1{,}234 -> 1,234.
-_LATEX_FRACTION = re.compile(r"\\[dt]?frac\{\s?(-?[\d.,]{1,40})\s?\}\{\s?([\d.,]{1,40})\s?\}", re.ASCII)
 
 
 # --- reading a completion -------------------------------------------------------------------------
@@ -85,72 +66,14 @@ def extract_xml_answer(text: str) -> str | None:
     return text[start:end].strip() if end >= 0 else None
 
 
-def _number_value(match: re.Match[str]) -> float | None:
-    numerator, denominator = match["numerator"].replace(",", ""), match["denominator"]
-    if len(numerator) > MAX_NUMBER_CHARS or (denominator and len(denominator) > MAX_NUMBER_CHARS):
-        return None
-    value = float(numerator)
-    if denominator is not None:
-        divisor = float(denominator)
-        if divisor == 0:
-            return None
-        value /= divisor
-    if match["minus"]:
-        value = -value
-    return value if math.isfinite(value) else None
-
-
-def _normalise_latex(text: str) -> str:
-    if "\\" not in text and "{,}" not in text:
-        return text
-    return _LATEX_FRACTION.sub(r"\1/\2", text.replace("{,}", ","))
-
-
-def parse_number(text: str) -> float | None:
-    """The last number in `text` ("$1,234.00" -> 1234.0, "1/2" -> 0.5, "3 apples" -> 3.0); None if none."""
-    if not isinstance(text, str):
-        return None
-    text = _normalise_latex(text)
-    last_digit = max(text.rfind(digit) for digit in "0123456789")
-    if last_digit < 0:
-        return None
-    # Only the tail can hold the last number: scanning it alone keeps "1 1 1 ... 1" (100,000
-    # numbers) as fast as "1". A number that does not fit in the tail is too long to be an answer.
-    start = max(0, last_digit + 1 - _TAIL_CHARS)
-    last = deque(_NUMBER.finditer(text, start), maxlen=1)
-    if not last or (start > 0 and last[0].start() == start and text[start - 1] in _NUMBER_CHARS):
-        return None
-    return _number_value(last[0])
-
-
-def parse_bare_number(text: str) -> float | None:
-    """The value of `text` if it is one number and nothing else ("$1,234", "-3", "50%", "1/2")."""
-    if not isinstance(text, str):
-        return None
-    match = _BARE_NUMBER.fullmatch(_normalise_latex(text.strip()))
-    return _number_value(match) if match else None
-
-
-def numbers_equal(predicted: float | None, gold: float | None) -> bool:
-    """True when both numbers exist and agree to within float rounding."""
-    if predicted is None or gold is None:
-        return False
-    return math.isclose(predicted, gold, rel_tol=1e-9, abs_tol=1e-9)
-
-
 # --- per-completion scores (0..1) -----------------------------------------------------------------
 
-def _gold_value(gold: Any) -> float | None:
-    if isinstance(gold, str):
-        return parse_number(gold)
-    if isinstance(gold, numbers.Real) and not isinstance(gold, bool):  # also numpy's ints and floats
-        value = float(gold)
-        return value if math.isfinite(value) else None
-    return None
+def _gold_value(gold: Any) -> Fraction | None:
+    return read_answer(gold) if isinstance(gold, str) else as_fraction(gold)
 
 
 def _is_correct(text: str, gold: Any) -> float:
-    return 1.0 if numbers_equal(parse_number(extract_xml_answer(text) or ""), _gold_value(gold)) else 0.0
+    return 1.0 if numbers_equal(read_answer(extract_xml_answer(text) or ""), _gold_value(gold)) else 0.0
 
 
 def _is_numeric_answer(text: str) -> float:
@@ -193,24 +116,36 @@ def _tag_count_score(text: str) -> float:
 
 
 def _broadcast(values: Any, n: int) -> list[Any]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        return [values] * n  # one gold for every completion
     try:
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            return [values] * n  # one gold for every completion
         values = list(values)
     except Exception:
-        return [None] * n
+        return [None] * n  # golds that cannot be read: every completion scores 0, none is lost
     return (values + [None] * n)[:n]
 
 
-def _completion_texts(completions: Any) -> list[str]:
-    if completions is None:
-        return []
-    if isinstance(completions, (str, dict)):
-        completions = [completions]
+def _one_text(completion: Any) -> str:
     try:
-        return [completion_text(c) for c in completions]
+        return completion_text(completion)
     except Exception:
-        return []
+        return ""  # a completion object that raises scores 0, alone
+
+
+def _completion_texts(completions: Any) -> list[str]:
+    """One text per completion, "" for each that cannot be read: never fewer texts than completions."""
+    try:
+        if completions is None:
+            return []
+        if isinstance(completions, (str, dict)):
+            return [_one_text(completions)]
+        items = list(completions)
+    except Exception:
+        try:
+            return [""] * len(completions)  # a container that cannot be iterated but has a length
+        except Exception:
+            return []
+    return [_one_text(c) for c in items]
 
 
 def _safe_score(score: Callable[..., float], *args: Any) -> float:
@@ -225,13 +160,13 @@ def _safe_score(score: Callable[..., float], *args: Any) -> float:
 # --- the rewards TRL calls (their __name__ is what TRL's logs and reward curves show) ---------------
 
 def correctness_reward(prompts: Any = None, completions: Any = None, answer: Any = None, **kwargs: Any) -> list[float]:
-    """1.0 when the last number inside <answer>...</answer> equals the gold answer, else 0.0."""
+    """1.0 when <answer>...</answer> states exactly one number and it equals the gold answer, else 0.0."""
     texts = _completion_texts(completions)
     return [_safe_score(_is_correct, text, gold) for text, gold in zip(texts, _broadcast(answer, len(texts)))]
 
 
 def numeric_answer_reward(prompts: Any = None, completions: Any = None, **kwargs: Any) -> list[float]:
-    """1.0 when <answer>...</answer> holds one bare number ("42", "$1,234", "-3", "1/2"), else 0.0."""
+    """1.0 when <answer>...</answer> holds one bare number ("42", "$1,234", "-3", "1/2", "1 234"), else 0.0."""
     return [_safe_score(_is_numeric_answer, text) for text in _completion_texts(completions)]
 
 
@@ -274,7 +209,7 @@ def describe_rewards(reward_funcs: Sequence[RewardFunc] = DEFAULT_REWARDS,
 def example_completions(reasoning: str, answer: str) -> dict[str, str]:
     """Six replies to one question, from perfect to broken: a hand-made "group" for the demos."""
     gold = parse_number(answer)
-    wrong = str(int(gold) + 7) if gold is not None and gold.is_integer() else "7"
+    wrong = str(int(gold) + 7) if gold is not None and gold.denominator == 1 else "7"
     perfect = data.format_completion(reasoning, answer)
     one_line = " ".join(reasoning.split())
     chatty = data.format_completion(reasoning, f"${answer} dollars") + "\nHope this helps!"

@@ -1,48 +1,30 @@
-"""The rewards: TRL's contract, arbitrary input, tricky answers, every real GSM8K gold."""
+"""The rewards: TRL's contract, hostile and arbitrary input, issue 14's tricky answers, every real GSM8K gold."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from collections import deque
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grpo_helpers import data, rewards
+from grpo_helpers import answers, data, rewards
+from grpo_helpers.answers import read_answer
 from grpo_helpers.rewards import (DEFAULT_REWARD_WEIGHTS, DEFAULT_REWARDS, MAX_TOTAL_REWARD, correctness_reward,
-                                  extract_xml_answer, numeric_answer_reward, parse_bare_number,
-                                  parse_number, score_completions, soft_format_reward, strict_format_reward,
-                                  tag_count_reward)
+                                  extract_xml_answer, numeric_answer_reward, score_completions, soft_format_reward,
+                                  strict_format_reward, tag_count_reward)
 
 REASONING = "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether."
 PERFECT = data.format_completion(REASONING, "72")
 
 # --- the tricky-case tables ------------------------------------------------------------------------
 
-# (text, what parse_number reads). Several numbers: the LAST one counts, because a worked answer
-# ends with its result ("1234 - 1200 = 34", "so x = 34"); listing candidates does not pay, since
-# only one of them is ever compared. numeric_answer_reward then pays only for a single bare number.
-PARSE_CASES = [
-    ("1234", 1234.0), ("1,234", 1234.0), ("1234.00", 1234.0), ("$1,234", 1234.0), ("1234.", 1234.0),
-    ("-3", -3.0), ("\u22123", -3.0), ("1/2", 0.5), ("1 / 2", 0.5), ("3 apples", 3.0), ("50%", 50.0),
-    (".5", 0.5), ("-$5", -5.0), ("$-5", -5.0), ("(-5)", -5.0), ("1,234,567", 1234567.0), ("  42\n", 42.0),
-    ("The answer is 72.", 72.0), ("**72**", 72.0), (r"\boxed{72}", 72.0), (r"\frac{3}{4}", 0.75),
-    (r"\dfrac{144}{2}", 72.0), ("1{,}234", 1234.0), ("-0", 0.0),
-    # several numbers: the last one
-    ("12 or 15", 15.0), ("1234 - 1200 = 34", 34.0), ("10-12", 12.0), ("x-5", 5.0), ("3 + 4", 4.0),
-    # known limits, pinned so a change is deliberate
-    ("1 234", 234.0),  # space as thousands separator: two numbers
-    ("12,15", 15.0),  # not a thousands group: two numbers
-    ("1e3", 3.0),  # no scientific notation (no GSM8K answer needs it)
-    # no number at all
-    ("", None), ("three", None), ("$", None), ("-", None), ("1/0", None), ("9" * 41, None), ("9" * 200_000, None),
-]
-
-# (case, completion, gold, correctness, numeric_answer, strict_format, soft_format, tag_count)
+# (case, completion, gold, correctness, numeric_answer, strict_format, soft_format, tag_count). The answer
+# must state exactly one number (answers.read_answer; tests/test_answers.py has the grammar): a worked
+# answer counts by its result, two candidates score 0, so listing them does not pay.
 REWARD_CASES = [
     ("perfect, multi-line reasoning", PERFECT, "72", 1, 1, 1, 1, 1),
     ("perfect, outer whitespace", "\n " + PERFECT + "\n", "72", 1, 1, 1, 1, 1),
@@ -58,8 +40,11 @@ REWARD_CASES = [
     ("LaTeX fraction", data.format_completion(REASONING, r"\frac{144}{2}"), "72", 1, 1, 1, 1, 1),
     ("boxed", data.format_completion(REASONING, r"\boxed{72}"), "72", 1, 0, 1, 1, 1),
     ("wrong number", data.format_completion(REASONING, "73"), "72", 0, 1, 1, 1, 1),
-    ("several numbers, last is gold", data.format_completion(REASONING, "48 + 24 = 72"), "72", 1, 0, 1, 1, 1),
-    ("several numbers, gold not last", data.format_completion(REASONING, "72 or 24"), "72", 0, 0, 1, 1, 1),
+    ("worked answer: its result counts", data.format_completion(REASONING, "48 + 24 = 72"), "72", 1, 0, 1, 1, 1),
+    ("two candidates, gold first", data.format_completion(REASONING, "72 or 24"), "72", 0, 0, 1, 1, 1),
+    ("two candidates, gold last", data.format_completion(REASONING, "24 or 72"), "72", 0, 0, 1, 1, 1),
+    ("a sentence with two numbers", data.format_completion(REASONING, "48 in April, 72 in all"), "72", 0, 0, 1, 1, 1),
+    ("the same number twice", data.format_completion(REASONING, "72 (seventy-two)"), "72", 1, 0, 1, 1, 1),
     ("200 chars after </answer>", PERFECT + "\n" + "x" * 200, "72", 1, 1, 0, 1, 0.8),
     ("2000 chars after </answer>: penalty capped", PERFECT + "x" * 2000, "72", 1, 1, 0, 1, 0.5),
     ("cut off inside <answer>", PERFECT[:-len("\n</answer>")], "72", 0, 0, 0, 0, 0.75),
@@ -76,18 +61,15 @@ REWARD_CASES = [
     ("answer before reasoning", "<answer>\n72\n</answer>\n<reasoning>\nr\n</reasoning>", "72", 1, 1, 0, 0, 0.974),
     ("huge number", data.format_completion(REASONING, "9" * 200), "72", 0, 0, 1, 1, 1),
     ("gold missing", PERFECT, None, 0, 1, 1, 1, 1),
-    ("gold not a number", PERFECT, "seventy-two", 0, 1, 1, 1, 1),
+    ("gold in words", PERFECT, "seventy-two", 1, 1, 1, 1, 1),
+    ("gold not a number", PERFECT, "many", 0, 1, 1, 1, 1),
+    ("gold ambiguous", PERFECT, "72 or 73", 0, 1, 1, 1, 1),
     ("chat message", [{"role": "assistant", "content": PERFECT}], "72", 1, 1, 1, 1, 1),
     ("None", None, "72", 0, 0, 0, 0, 0),
     ("not text", 72, "72", 0, 0, 0, 0, 0),
 ]
 REWARD_NAMES = ["correctness_reward", "numeric_answer_reward", "strict_format_reward", "soft_format_reward",
                 "tag_count_reward"]
-
-
-@pytest.mark.parametrize(("text", "expected"), PARSE_CASES, ids=lambda v: repr(v)[:30])
-def test_parse_number_cases(text, expected):
-    assert parse_number(text) == expected
 
 
 @pytest.mark.parametrize("row", REWARD_CASES, ids=[row[0] for row in REWARD_CASES])
@@ -120,11 +102,30 @@ def test_extract_xml_answer():
         assert extract_xml_answer(no_answer) is None
 
 
-def test_parse_bare_number():
-    for bare in ["72", " $1,234 ", "-3", "1/2", "72.", "50%", "1234.00"]:
-        assert parse_bare_number(bare) is not None, bare
-    for not_bare in ["72 clips", "12 or 15", "", "x", "1e3", "9" * 100, None]:
-        assert parse_bare_number(not_bare) is None, not_bare
+# Issue 14's findings, each through correctness_reward: (answer, gold, its score now).
+ISSUE_14_ANSWERS = [
+    # scored 0 though right
+    ("1 234", "1234", 1), ("1\u00a0234", "1234", 1), ("1\u202f234", "1234", 1), ("1\u2009234", "1234", 1),
+    ("1e3", "1000", 1), ("4.2e1", "42", 1), ("forty-two", "42", 1), ("3 1/2", "3.5", 1), (r"\frac12", "0.5", 1),
+    ("½", "0.5", 1), ("１２３", "123", 1), ("١٢٣", "123", 1), ("۱۲۳", "123", 1), ("-(5)", "-5", 1),
+    # scored 1.0 though not an answer
+    ("41 or 42", "42", 0), ("10-12", "12", 0), ("3:4", "4", 0), ("42 apples in 7 boxes", "7", 0),
+    # scored 1.0 though wrong: tolerances too loose
+    ("12345678.01", "12345678", 0), ("0.000000001", "0", 0),
+]
+
+
+@pytest.mark.parametrize(("answer", "gold", "score"), ISSUE_14_ANSWERS, ids=lambda v: repr(v)[:24])
+def test_issue_14_answers(answer, gold, score):
+    assert correctness_reward(None, [data.format_completion(REASONING, answer)], [gold]) == [score]
+
+
+def test_the_readers_evaluation_uses_stay_importable_from_rewards():
+    assert (rewards.parse_number, rewards.numbers_equal, rewards.parse_bare_number) == (
+        answers.parse_number, answers.numbers_equal, answers.parse_bare_number)
+    assert rewards.numbers_equal(rewards.parse_number("so 1 234 in all"), rewards.parse_number("1234"))
+    assert rewards.parse_number(PERFECT) == 72  # evaluation's lenient score: the last number of a whole reply
+    assert rewards.parse_number(f"{REASONING}\nThe answer is 72.") == 72
 
 
 # --- TRL's contract ----------------------------------------------------------------------------------
@@ -157,20 +158,116 @@ def test_odd_batches_never_raise():
         assert func(None, odd, answer=["72"] * len(odd)) == [0.0] * len(odd)
 
 
-ADVERSARIAL = {
-    "<reasoning> x 20000": "<reasoning>" * 20_000,
-    "<answer> x 25000": "<answer>" * 25_000,
-    "nested unclosed tags": ("<reasoning><answer>" * 11_000)[:200_000],
-    "closed answer of 100000 numbers": "<answer>" + "1 " * 100_000 + "</answer>",
-    "200000 nines": "9" * 200_000,
-    "200000 nines in <answer>": "<answer>" + "9" * 200_000 + "</answer>",
-    "thousands commas": "<answer>" + "1," * 100_000 + "</answer>",
-    "fractions": "<answer>" + "1/" * 100_000 + "</answer>",
-    "minus signs": "<answer>" + "-" * 200_000 + "</answer>",
-    "LaTeX fractions": "<answer>" + r"\frac{1}{" * 25_000 + "</answer>",
-    "strict separators": "<reasoning>\n" + "\n</reasoning>\n<answer>\n" * 9_000 + "\n</answer>",
-    "whitespace": "<reasoning>\n" + " " * 200_000 + "\n</reasoning>\n<answer>\n5 " + " " * 1000,
-}
+# --- one bad completion scores 0, never the batch -----------------------------------------------------
+
+class RaisingStr:
+    def __str__(self):
+        raise RuntimeError("__str__")
+
+    __repr__ = __str__
+
+
+class RaisingGet(dict):
+    def get(self, *args):
+        raise RuntimeError("get")
+
+
+class RaisingGetItem(list):
+    def __getitem__(self, index):
+        raise RuntimeError("__getitem__")
+
+
+class RaisingIter(list):
+    def __iter__(self):
+        raise RuntimeError("__iter__")
+
+
+class RaisingLen(list):
+    def __len__(self):
+        raise RuntimeError("__len__")
+
+
+class HostileStr(str):
+    def _raise(self, *args):
+        raise RuntimeError("str method")
+
+    find = rfind = count = strip = lstrip = startswith = endswith = partition = isascii = _raise
+
+
+class RaisingClass:
+    @property
+    def __class__(self):
+        raise RuntimeError("__class__")
+
+
+class RaisingFloat(float):
+    def __float__(self):
+        raise RuntimeError("__float__")
+
+
+def hostile_completions() -> list:
+    """Completion objects that raise at every step of being read, and other junk: each must score 0."""
+    nested = PERFECT
+    for _ in range(1000):
+        nested = [nested]
+    return [RaisingStr(), RaisingGet(content=PERFECT), RaisingGetItem([{"content": PERFECT}]),
+            [RaisingGet(content=PERFECT)], RaisingLen([{"content": PERFECT}]), HostileStr(PERFECT),
+            {"content": HostileStr(PERFECT)}, RaisingClass(), None, nested, [[None]], "x" * 1_000_000,
+            "7" * 1_000_000]
+
+
+def test_one_bad_completion_scores_0_never_the_batch():
+    bad = hostile_completions()
+    batch = [PERFECT, *bad, PERFECT]
+    for func in DEFAULT_REWARDS:
+        scores = func(prompts=[None] * len(batch), completions=batch, answer=["72"] * len(batch))
+        assert scores == [1.0] + [0.0] * len(bad) + [1.0], func.__name__
+    assert correctness_reward(None, [RaisingGet(), PERFECT], ["72", "72"]) == [0.0, 1.0]  # the issue's finding
+
+
+def test_bad_golds_and_containers_score_0_and_keep_the_length():
+    assert correctness_reward(None, [PERFECT, PERFECT], [RaisingStr(), "72"]) == [0.0, 1.0]
+    assert correctness_reward(None, [PERFECT, PERFECT], [RaisingFloat(72), 72.0]) == [0.0, 1.0]
+    assert correctness_reward(None, [PERFECT, PERFECT], [RaisingClass(), "72"]) == [0.0, 1.0]
+    for golds in [RaisingIter(["72", "72"]), RaisingClass(), RaisingLen(["72", "72"])]:
+        assert correctness_reward(None, [PERFECT, PERFECT], golds) == [0.0, 0.0]
+    for func in DEFAULT_REWARDS:  # a batch that cannot be iterated but has a length: one 0 per completion
+        assert func(None, RaisingIter([PERFECT, PERFECT])) == [0.0, 0.0]
+        assert func(None, RaisingClass()) == []  # nothing to count: no completion, no score
+
+
+# --- linear time on hostile text -----------------------------------------------------------------------
+
+def adversarial_completions(size: int = 200_000) -> dict[str, str]:
+    """Completions of about `size` characters built to break naive parsers (the tests run them, the benchmark times)."""
+    def fill(unit: str) -> str:
+        return unit * (size // len(unit))
+
+    return {
+        "repeated <reasoning>": fill("<reasoning>"),
+        "repeated <answer>": fill("<answer>"),
+        "nested unclosed tags": fill("<reasoning><answer>"),
+        "closed answer of many numbers": f"<answer>{fill('1 ')}</answer>",
+        "one huge number": fill("9"),
+        "one huge number in <answer>": f"<answer>{fill('9')}</answer>",
+        "thousands commas": f"<answer>{fill('1,')}</answer>",
+        "thousands spaces": f"<answer>{fill('123 ')}</answer>",
+        "fractions": f"<answer>{fill('1/')}</answer>",
+        "mixed numbers": f"<answer>{fill('1 1/')}</answer>",
+        "exponents": f"<answer>{fill('1e1')}</answer>",
+        "minus signs": f"<answer>{fill('-')}</answer>",
+        "negative parentheses": f"<answer>{fill('-(1')}</answer>",
+        "LaTeX fractions": f"<answer>{fill(chr(92) + 'frac{1}{')}</answer>",
+        "unicode digits and fractions": f"<answer>{fill('١½' + chr(0xA0))}</answer>",
+        "number words": f"<answer>{fill('forty-two and ')}</answer>",
+        "words, no number": f"<answer>{fill('the quick brown fox ')}</answer>",
+        "equals signs": f"<answer>{fill('1=')}</answer>",
+        "strict separators": "<reasoning>\n" + fill("\n</reasoning>\n<answer>\n") + "\n</answer>",
+        "whitespace": "<reasoning>\n" + fill(" ") + "\n</reasoning>\n<answer>\n5 " + " " * 1000,
+    }
+
+
+ADVERSARIAL = adversarial_completions()
 
 
 @pytest.mark.parametrize("text", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
@@ -180,19 +277,24 @@ def test_adversarial_completions_score_without_hanging(text):
     for func in DEFAULT_REWARDS:
         (score,) = func(None, [text], answer=["5"])
         assert math.isfinite(score)
-    assert parse_number(text) is None or math.isfinite(parse_number(text))
+    for read in (answers.parse_number, answers.read_answer, answers.parse_bare_number):
+        assert read(text) is None or math.isfinite(read(text))
 
 
 # --- arbitrary input (hypothesis) ----------------------------------------------------------------------
 
 FRAGMENTS = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\n", " ", "72", "-3", "1,234", "$", "/",
-             ".", ",", "x", r"\frac{1}{2}", "{,}", "9" * 45, "\u2212", "%", "(", ")"]
+             ".", ",", "x", r"\frac{1}{2}", "{,}", "9" * 45, "\u2212", "%", "(", ")", "1 234", "\u00a0", "1e3", "½",
+             "٣", "forty", "-two", " and ", " or ", "=", "-(", r"\frac12", "^"]
 tag_soup = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
 any_text = st.one_of(st.text(), tag_soup)
 completion = st.one_of(any_text, any_text.map(lambda t: [{"role": "assistant", "content": t}]), st.none(),
                        st.integers(), st.lists(st.text(), max_size=2),
-                       st.dictionaries(st.text(), st.text(), max_size=2))
-gold = st.one_of(st.none(), st.integers(-10**6, 10**6).map(str), st.text(max_size=10), st.integers(), st.floats())
+                       st.dictionaries(st.text(), st.text(), max_size=2),
+                       # the hostile objects, less the huge strings and the one hypothesis itself cannot handle
+                       st.sampled_from([c for c in hostile_completions() if type(c) not in (str, RaisingClass)]))
+gold = st.one_of(st.none(), st.integers(-10**6, 10**6).map(str), st.text(max_size=10), st.integers(), st.floats(),
+                 st.sampled_from([RaisingStr(), RaisingFloat(72)]))
 
 
 @settings(max_examples=300, deadline=None)
@@ -215,25 +317,7 @@ def test_reward_ranges_and_implications(text):
     answer = extract_xml_answer(text)
     assert answer is None or isinstance(answer, str)
     if numeric_answer_reward(None, [text])[0]:
-        assert correctness_reward(None, [text], [parse_number(answer)])[0] == 1.0
-
-
-def _last_number_by_full_scan(text: str) -> float | None:
-    last = deque(rewards._NUMBER.finditer(rewards._normalise_latex(text)), maxlen=1)
-    return rewards._number_value(last[0]) if last else None
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(), st.text(alphabet="0123456789,./-$ x\u2212", max_size=600)))
-def test_parse_number_reads_the_tail_like_a_full_scan(text):
-    assert parse_number(text) == _last_number_by_full_scan(text)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.integers(-10**9, 10**9), st.sampled_from(["{:d}", "{:,d}", "${:,d}", "{:d}.00", "{:d}.", "{:d} apples"]))
-def test_a_number_written_any_usual_way_reads_back(value, style):
-    text = style.format(value) if value >= 0 or style[0] != "$" else "-" + style.format(-value)
-    assert parse_number(text) == value
+        assert correctness_reward(None, [text], [read_answer(answer)])[0] == 1.0
 
 
 # --- weights and the helpers -----------------------------------------------------------------------
@@ -276,6 +360,9 @@ def _gold_rows(gsm8k_dir):
 def test_every_real_gsm8k_answer_gets_full_marks_and_no_credit_when_changed(gsm8k_dir):
     reasonings, golds = zip(*_gold_rows(gsm8k_dir))
     assert len(golds) == 8792
+    values = [int(g) for g in golds]
+    assert [read_answer(g) for g in golds] == values
+    assert [answers.parse_bare_number(g) for g in golds] == values == [answers.parse_number(g) for g in golds]
     right = [data.format_completion(r, g) for r, g in zip(reasonings, golds)]
     wrong = [data.format_completion(r, str(int(g) + 1)) for r, g in zip(reasonings, golds)]
     totals = score_completions(right, golds)["total"]
@@ -285,31 +372,3 @@ def test_every_real_gsm8k_answer_gets_full_marks_and_no_credit_when_changed(gsm8
     for style in ["{:,d}", "${:,d}", "{:d}.00", "{:d} dollars", "The answer is {:d}."]:
         styled = [f"<answer>{style.format(int(g))}</answer>" for g in golds]
         assert correctness_reward(None, styled, golds) == [1.0] * len(golds), style
-
-
-# --- math-verify, the reference for LaTeX-aware equivalence ------------------------------------------
-
-# Where both apply, math-verify and parse_number agree; the rows after that are where they differ on
-# purpose. math-verify stays out of the reward path: it is ~50x slower per answer, takes 0.35 s to
-# 5 s (its timeout) on a 200 KB answer and 19 s untimed on 122 characters of nested parentheses
-# (`python benchmarks/bench_rewards.py --math-verify`); its timeout is a whole-second SIGALRM that
-# fails outside the main thread.
-AGREE_WITH_MATH_VERIFY = ["1,234", "1234.00", "$1,234", "1234.", "12 or 1234", r"\boxed{1234}", "1234 apples",
-                          "The answer is 1234", r"$\frac{2468}{2}$", r"$1{,}234$", "72", "-3", "1/2", "1e3"]
-
-
-@pytest.mark.parametrize("text", AGREE_WITH_MATH_VERIFY)
-def test_parse_number_agrees_with_math_verify(text):
-    math_verify = pytest.importorskip("math_verify")
-    expected = math_verify.verify(math_verify.parse("1234"), math_verify.parse(text), timeout_seconds=None)
-    assert rewards.numbers_equal(parse_number(text), 1234.0) == expected
-
-
-def test_where_parse_number_and_math_verify_differ_on_purpose():
-    math_verify = pytest.importorskip("math_verify")
-    # "1 234": math-verify joins space-grouped digits, we read two numbers (a reply "1 234" is ambiguous).
-    assert math_verify.verify(math_verify.parse("1234"), math_verify.parse("1 234"), timeout_seconds=None)
-    assert parse_number("1 234") == 234.0
-    # "\dfrac" without $ delimiters: math-verify finds nothing, we read the fraction.
-    assert math_verify.parse(r"\dfrac{10}{2}") == []
-    assert parse_number(r"\dfrac{10}{2}") == 5.0
