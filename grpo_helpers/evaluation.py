@@ -9,6 +9,11 @@ GSM8K, per reply:
   lenient_correct  the last number anywhere in the reply equals the gold answer (format ignored)
   answer_correct   the number inside <answer> is right, whatever the layout (correctness_reward)
   format_ok        strict_format_reward: "<reasoning>\\n...\\n</reasoning>\\n<answer>\\n...\\n</answer>"
+
+Uncertainty: every rate over n questions gets a Wilson interval; a before/after change gets an exact
+McNemar test on the questions that flipped (paired: same questions on both sides) and Newcombe's
+interval for a paired difference. With k samples per question, pass@k and maj@k (majority vote)
+are per-question outcomes, so they get the same treatment.
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import statistics
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from . import paths, rewards
@@ -31,8 +40,13 @@ if TYPE_CHECKING:
 
 SIDES = ("base", "trained")
 GSM8K_RESULTS_FILE = "gsm8k_before_after.json"
+GSM8K_SAMPLED_FILE = "gsm8k_sampled.json"  # the optional sampling mode: k samples per question
 RATE_METRICS = ("strict_accuracy", "lenient_accuracy", "format_rate")
 OUTPUT_EXCERPT_CHARS = 400
+CONFIDENCE = 0.95  # of every interval shown
+SIGNIFICANCE_LEVEL = 0.05  # a McNemar p below it: the change is told apart from noise
+OUTCOME_KEYS = {"strict_accuracy": "strict_correct", "lenient_accuracy": "lenient_correct", "format_rate": "format_ok"}
+_PER_QUESTION = re.compile(r"(pass|maj)@(\d+)_(strict|lenient)")
 
 
 # --- GSM8K -----------------------------------------------------------------------------------------
@@ -97,7 +111,27 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         for key, name in (("strict_correct", "strict"), ("lenient_correct", "lenient")):
             summary[f"pass@{k}_{name}"] = round(statistics.fmean(
                 pass_at_k(len(g), sum(bool(r[key]) for r in g), k) for g in by_question.values()), 4)
+            summary[f"maj@{k}_{name}"] = round(statistics.fmean(
+                majority_correct(g, strict=name == "strict") for g in by_question.values()), 4)
     return summary
+
+
+def _vote(row: Mapping[str, Any], strict: bool) -> float | None:
+    """The number a reply votes for: inside <answer> of an in-format reply (strict), else its last number."""
+    if strict:
+        return rewards.parse_number(rewards.extract_xml_answer(row["reply"]) or "") if row["format_ok"] else None
+    return rewards.parse_number(row["reply"] if isinstance(row["reply"], str) else "")
+
+
+def majority_correct(samples: Sequence[Mapping[str, Any]], strict: bool = True) -> bool:
+    """maj@k for one question: the most common answer of its samples (ties: the first seen) equals the gold.
+
+    strict: a reply out of the trained format votes for "no answer"; lenient: each reply's last number."""
+    if not samples:
+        return False
+    winner = Counter(_vote(r, strict) for r in samples).most_common(1)[0][0]
+    gold = rewards.parse_number(str(samples[0]["gold"])) if samples[0]["gold"] is not None else None
+    return rewards.numbers_equal(winner, gold)
 
 
 def compare_before_after(model: Any, tokenizer: Any, dataset: Any, settings: SamplingSettings, batch_size: int = 16,
@@ -151,6 +185,179 @@ def flips_table(flips: Sequence[Mapping[str, Any]], max_chars: int = 160) -> "pd
     columns = ["index", "change", "gold", "question", "before_reply", "after_reply"]
     return pd.DataFrame([{c: short(f[c]) if c in ("question", "before_reply", "after_reply") else f[c] for c in columns}
                          for f in flips], columns=columns)
+
+
+# --- uncertainty and significance --------------------------------------------------------------------
+
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a rate successes / n; (0, 1) when n is 0 (nothing measured)."""
+    if n < 0 or not 0 <= successes <= n or not 0 < confidence < 1:
+        raise ValueError(f"need 0 <= successes <= n and 0 < confidence < 1, got {successes}/{n} at {confidence}")
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    rate, shrink = successes / n, 1 + z * z / n
+    center = (rate + z * z / (2 * n)) / shrink
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / shrink
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def mcnemar_p_value(fixed: int, broken: int) -> float:
+    """Exact two-sided McNemar p: how likely this split of flipped questions is if training changed nothing.
+
+    Under "no change" each flip is fixed or broken with probability 1/2: p = 2 P(X <= min) for X ~ B(flips, 1/2)."""
+    if fixed < 0 or broken < 0:
+        raise ValueError(f"flip counts cannot be negative, got fixed={fixed}, broken={broken}")
+    flips = fixed + broken
+    if flips == 0:
+        return 1.0
+    tail = sum(math.comb(flips, i) for i in range(min(fixed, broken) + 1))
+    return min(1.0, 2 * tail / 2 ** flips)  # exact integers; one rounding at the end
+
+
+def paired_difference_interval(both: int, fixed: int, broken: int, neither: int,
+                               confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Interval for (after rate - before rate) on the same questions: Newcombe's (1998) square-and-add method.
+
+    both: right before and after; fixed: wrong -> right; broken: right -> wrong; neither: wrong on both.
+    It combines the two Wilson intervals with phi, their correlation (shrunk towards 0 by n/2, as Newcombe does)."""
+    n = both + fixed + broken + neither
+    if n == 0:
+        return -1.0, 1.0
+    before, after = (both + broken) / n, (both + fixed) / n
+    low_b, high_b = wilson_interval(both + broken, n, confidence)
+    low_a, high_a = wilson_interval(both + fixed, n, confidence)
+    margins = (both + broken) * (fixed + neither) * (both + fixed) * (broken + neither)
+    agreement = both * neither - fixed * broken
+    shrunk = agreement - n / 2 if agreement > n / 2 else min(agreement, 0)
+    phi = shrunk / math.sqrt(margins) if margins else 0.0
+    down = math.sqrt(max(0.0, (after - low_a) ** 2 - 2 * phi * (after - low_a) * (high_b - before)
+                         + (high_b - before) ** 2))
+    up = math.sqrt(max(0.0, (high_a - after) ** 2 - 2 * phi * (high_a - after) * (before - low_b)
+                       + (before - low_b) ** 2))
+    change = after - before
+    return max(-1.0, change - down), min(1.0, change + up)
+
+
+def paired_metrics(result: Mapping[str, Any]) -> tuple[str, ...]:
+    """The per-question metrics of a comparison: strict/lenient/format greedy; maj@k and pass@k with k samples."""
+    k = int(result["settings"]["num_samples"])
+    if k == 1:
+        return RATE_METRICS
+    return tuple(f"{kind}@{k}_{name}" for name in ("strict", "lenient") for kind in ("maj", "pass"))
+
+
+def question_outcomes(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[Any, bool]:
+    """One True/False per question for `metric`: a rate of RATE_METRICS (one sample each), pass@k_* or maj@k_*."""
+    by_question: dict[Any, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_question.setdefault(row["index"], []).append(row)
+    sizes = {len(g) for g in by_question.values()}
+    match = _PER_QUESTION.fullmatch(metric)
+    if metric in OUTCOME_KEYS and sizes <= {1}:
+        return {i: bool(g[0][OUTCOME_KEYS[metric]]) for i, g in by_question.items()}
+    if match and sizes <= {int(match[2])}:
+        kind, strict = match[1], match[3] == "strict"
+        key = "strict_correct" if strict else "lenient_correct"
+        return {i: any(bool(r[key]) for r in g) if kind == "pass" else majority_correct(g, strict)
+                for i, g in by_question.items()}
+    raise ValueError(f"{metric!r} is not a per-question outcome of rows with {sorted(sizes)} samples per question: "
+                     f"use {RATE_METRICS} with one sample, pass@k_strict/maj@k_lenient (and so on) with k.")
+
+
+def compare_metric(base_rows: Sequence[Mapping[str, Any]], trained_rows: Sequence[Mapping[str, Any]], metric: str,
+                   confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Rates with Wilson intervals, the change with its paired interval, the flips and McNemar's p for one metric."""
+    before, after = question_outcomes(base_rows, metric), question_outcomes(trained_rows, metric)
+    if set(before) != set(after):
+        raise ValueError(f"base and trained rows cover different questions ({len(before)} vs {len(after)}); "
+                         "compare results of one compare_before_after call.")
+    pairs = [(before[i], after[i]) for i in before]
+    both, fixed = pairs.count((True, True)), pairs.count((False, True))
+    broken, neither = pairs.count((True, False)), pairs.count((False, False))
+    n = len(pairs)
+    row: dict[str, Any] = {"metric": metric, "n": n}
+    for side, hits in (("base", both + broken), ("trained", both + fixed)):
+        low, high = wilson_interval(hits, n, confidence)
+        row.update({side: hits / n if n else math.nan, f"{side}_low": low, f"{side}_high": high})
+    low, high = paired_difference_interval(both, fixed, broken, neither, confidence)
+    row.update(change=(fixed - broken) / n if n else math.nan, change_low=low, change_high=high, fixed=fixed,
+               broken=broken, p_value=mcnemar_p_value(fixed, broken))
+    return row
+
+
+def significance_table(result: Mapping[str, Any], confidence: float = CONFIDENCE) -> "pd.DataFrame":
+    """compare_metric for each paired metric of a compare_before_after result: one row per metric."""
+    import pandas as pd
+
+    rows = [compare_metric(result["rows"]["base"], result["rows"]["trained"], m, confidence)
+            for m in paired_metrics(result)]
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def metric_label(metric: str) -> str:
+    """A metric's name in a sentence: "strict accuracy", "maj@8 strict accuracy"."""
+    match = _PER_QUESTION.fullmatch(metric)
+    if match:
+        return f"{match[1]}@{match[2]} {match[3]} accuracy"
+    return metric.replace("_", " ")
+
+
+def change_sentence(row: Mapping[str, Any], level: float = SIGNIFICANCE_LEVEL) -> str:
+    """The before/after verdict of one compare_metric row in words: rates, change, flips, p, noise or not."""
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}%"
+
+    n, label = row["n"], metric_label(row["metric"])
+    text = (f"{label.capitalize()} went from {pct(row['base'])} (95% CI {pct(row['base_low'])}-"
+            f"{pct(row['base_high'])}) to {pct(row['trained'])} ({pct(row['trained_low'])}-{pct(row['trained_high'])})"
+            f" on {n} questions: {100 * row['change']:+.1f} points (95% CI {100 * row['change_low']:+.1f} to "
+            f"{100 * row['change_high']:+.1f}), {row['fixed']} questions fixed and {row['broken']} broken")
+    if row["fixed"] + row["broken"] == 0:
+        return text + f". No question changed outcome: at n = {n} there is no change to tell from noise."
+    text += f", exact McNemar p = {row['p_value']:.3g}. "
+    if row["p_value"] < level:
+        return text + f"At n = {n} this change is distinguishable from noise (p < {level})."
+    includes_zero = "; the interval includes no change" if row["change_low"] <= 0 <= row["change_high"] else ""
+    return text + (f"At n = {n} this is not distinguishable from noise (p >= {level}){includes_zero}; more "
+                   "questions would narrow it.")
+
+
+def verdict(result: Mapping[str, Any], metric: str | None = None) -> str:
+    """change_sentence for one metric (default: the first paired one, strict) of a compare_before_after result."""
+    metric = metric or paired_metrics(result)[0]
+    return change_sentence(compare_metric(result["rows"]["base"], result["rows"]["trained"], metric))
+
+
+# --- how long an evaluation will take ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """The projected time of a before/after run, from one timed warm-up batch."""
+
+    questions: int  # questions the run will score, on each model
+    warmup_questions: int
+    warmup_seconds: float
+    seconds: float  # projected for both models
+
+    def message(self) -> str:
+        """One line for the notebook."""
+        return (f"Estimated time: ~{self.seconds / 60:.1f} min for {self.questions} questions x {len(SIDES)} models "
+                f"(a warm-up batch of {self.warmup_questions} took {self.warmup_seconds:.1f} s; with vLLM, larger "
+                "batches run faster per question, so this is an upper estimate).")
+
+
+def estimate_eval_seconds(model: Any, tokenizer: Any, dataset: Any, settings: SamplingSettings, questions: int,
+                          batch_size: int = 16, lora_request: Any = None) -> TimeEstimate:
+    """Time one batch of the first questions (adapter on) and project `questions` on both models."""
+    if questions < 1:
+        raise ValueError(f"questions must be at least 1, got {questions}")
+    records = _records(dataset, min(batch_size, questions))
+    start = time.monotonic()
+    evaluate_gsm8k(model, tokenizer, records, settings, batch_size, lora_request)
+    seconds = time.monotonic() - start
+    return TimeEstimate(questions, len(records), round(seconds, 2),
+                        round(seconds / len(records) * questions * len(SIDES), 1))
 
 
 # --- results on disk -----------------------------------------------------------------------------

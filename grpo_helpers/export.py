@@ -9,13 +9,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import paths, runtime, sizes
 from .modeling import save_adapter
 from .profiles import T4, Profile
 
 EXPORT_KINDS = ("lora", "merged_16bit", "gguf")
+EXPORT_FOLDERS = {"lora": "lora_adapter", "merged_16bit": "merged_16bit", "gguf": "gguf"}  # under the export dir
 GGUF_MERGE_FOLDER = "merged_16bit"  # save_pretrained_gguf merges into <dir>/merged_16bit, GGUF files: <that>_gguf
 SAFETY_FRACTION = 0.10  # refuse unless the disk has 10% more than the export writes ...
 SAFETY_FLOOR_BYTES = 500_000_000  # ... and at least 0.5 GB more, so checkpoints and the notebook keep room
@@ -304,3 +305,13 @@ def export_model(model: Any, tokenizer: Any, kind: str, directory: Path | str, g
     seconds = round(time.monotonic() - start, 1)
     return ExportResult(kind, True, str(result), round(sizes.disk_bytes(result) / 1e6, 2), seconds,
                         _saved_message(kind, directory, result, seconds), needed_gb, None)
+
+
+def export_flagged(model: Any, tokenizer: Any, wanted: Mapping[str, bool], directory: Path | str,
+                   profile: Profile | None = None, gguf_method: str = "q4_k_m") -> list[str]:
+    """Each kind switched on in `wanted` exported into directory/EXPORT_FOLDERS[kind]; one line per kind."""
+    unknown = sorted(set(wanted) - set(EXPORT_KINDS))
+    if unknown:
+        raise ValueError(f"unknown export kinds {unknown}; the kinds are {EXPORT_KINDS}")
+    return [export_model(model, tokenizer, kind, Path(directory) / EXPORT_FOLDERS[kind], gguf_method, profile).message
+            if wanted.get(kind) else f"{kind}: off (EXPORT_{kind.upper()} = False)" for kind in EXPORT_KINDS]

@@ -1,14 +1,15 @@
-"""The figures: reward curves while training, before/after bars."""
+"""The figures: reward and held-out accuracy while training, before/after bars with intervals, the results card."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
 REWARD_PREFIX = "rewards/"
+WATCH_COLUMNS = {"eval/strict_accuracy": "strict", "eval/lenient_accuracy": "lenient", "eval/format_rate": "format"}
 
 
 def metrics_table(long_rows: "pd.DataFrame") -> "pd.DataFrame":
@@ -23,12 +24,27 @@ def smooth(values: "pd.Series", window: int) -> "pd.Series":
     return values.rolling(window=max(1, window), min_periods=1).mean()
 
 
+def plot_watch(ax: "Any", table: "pd.DataFrame") -> None:
+    """The watch's held-out accuracy (strict, lenient, format) per step, as measured (no smoothing)."""
+    drawn = [c for c in WATCH_COLUMNS if c in table.columns]
+    for column in drawn:
+        series = table[column].dropna()
+        ax.plot(series.index, series, marker="o", label=WATCH_COLUMNS[column])
+    ax.set_ylim(-0.03, 1.03)
+    if drawn:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no watch rows in metrics.csv", ha="center", va="center", transform=ax.transAxes)
+
+
 def plot_training_curves(table: "pd.DataFrame", window: int = 5, title: str = "GRPO training") -> "Figure":
-    """Total reward, each reward function, completion length and KL (when logged), smoothed."""
+    """Total reward, held-out accuracy (the watch), each reward function, completion length and KL, smoothed."""
     import matplotlib.pyplot as plt
 
     reward_cols = [c for c in table.columns if c.startswith(REWARD_PREFIX) and c.endswith("/mean")]
     panels = [("reward", "total reward (weighted)")]
+    if any(c in table.columns for c in WATCH_COLUMNS):  # beside the reward: a climb with falling accuracy shows
+        panels.append(("__watch__", "held-out accuracy (greedy)"))
     panels += [("__per_reward__", "each reward function")] if reward_cols else []
     panels += [("completions/mean_length", "completion length (tokens)")]
     if "kl" in table.columns and table["kl"].notna().any():
@@ -40,6 +56,8 @@ def plot_training_curves(table: "pd.DataFrame", window: int = 5, title: str = "G
                 series = table[name].dropna()
                 ax.plot(series.index, smooth(series, window), label=name[len(REWARD_PREFIX):-len("/mean")])
             ax.legend(fontsize=7)
+        elif column == "__watch__":
+            plot_watch(ax, table)
         elif column in table.columns:
             series = table[column].dropna()
             ax.plot(series.index, series, color="0.8", linewidth=1)
@@ -53,23 +71,53 @@ def plot_training_curves(table: "pd.DataFrame", window: int = 5, title: str = "G
 
 
 def plot_before_after(scores: Mapping[str, Mapping[str, float]], metrics: Sequence[str],
-                      title: str = "Before vs after GRPO") -> "Figure":
-    """Grouped bars: one group per metric, one bar per model (e.g. 'base' and 'trained')."""
+                      title: str = "Before vs after GRPO", ax: "Any" = None,
+                      intervals: Mapping[str, Mapping[str, tuple[float, float]]] | None = None) -> "Figure":
+    """Grouped bars: one group per metric, one bar per model; `intervals[model][metric]` adds error bars."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     models = list(scores)
     x = np.arange(len(metrics))
     width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(metrics), 3.6))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.8 + 1.6 * len(metrics), 3.6))
     for i, model in enumerate(models):
         values = [scores[model].get(m, float("nan")) for m in metrics]
-        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        errors = None
+        if intervals is not None:
+            bounds = [intervals[model][m] for m in metrics]
+            errors = [[max(0.0, v - low) for v, (low, _) in zip(values, bounds)],
+                      [max(0.0, high - v) for v, (_, high) in zip(values, bounds)]]
+        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model, yerr=errors, capsize=3)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2 if errors is None else 9)
     ax.set_xticks(x, metrics)
-    ax.set_title(title)
-    ax.legend()
+    ax.set_title(title if intervals is None else f"{title}\n(bars: 95% Wilson intervals)", fontsize=10)
+    ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_results(table: "pd.DataFrame", scores: Mapping[str, Mapping[str, float]],
+                 intervals: Mapping[str, Mapping[str, tuple[float, float]]], metrics: Sequence[str],
+                 title: str, window: int = 5) -> "Figure":
+    """The results card's figure: reward while training, held-out accuracy while training, before/after."""
+    import matplotlib.pyplot as plt
+
+    fig, (reward_ax, watch_ax, bars_ax) = plt.subplots(1, 3, figsize=(14, 3.8))
+    if "reward" in table.columns:
+        series = table["reward"].dropna()
+        reward_ax.plot(series.index, series, color="0.8", linewidth=1)
+        reward_ax.plot(series.index, smooth(series, window), linewidth=2)
+    reward_ax.set_title(f"total reward (smoothed over {window} steps)", fontsize=10)
+    plot_watch(watch_ax, table)
+    watch_ax.set_title("held-out accuracy while training (greedy)", fontsize=10)
+    for ax in (reward_ax, watch_ax):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    plot_before_after(scores, metrics, "GSM8K test, before vs after", ax=bars_ax, intervals=intervals)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -1,4 +1,4 @@
-"""Execute the notebooks in order, saving executed copies and a summary under outputs/."""
+"""Execute the notebooks in order, saving executed copies and a summary under outputs/; end with the results card."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from nbclient.exceptions import CellExecutionError
 
 from grpo_helpers.paths import project_root
 from grpo_helpers.profiles import get_profile
+from grpo_helpers.results_card import card_path, card_summary
 
 ROOT = project_root()
 
@@ -21,6 +22,7 @@ def main() -> int:
     out_dir = ROOT / "outputs" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
+    suite_start = time.time()
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         start = time.monotonic()
@@ -40,8 +42,14 @@ def main() -> int:
     (ROOT / "outputs" / "suite_summary.json").write_text(json.dumps(summary, indent=2))
     lines = [f"# Suite run ({profile.name} profile)", "", "| notebook | status | seconds |", "|---|---|---|"]
     lines += [f"| {r['notebook']} | {r['status']} | {r['seconds']} |" for r in rows]
+    card = card_path(profile)
+    if card.is_file() and card.stat().st_mtime >= suite_start:
+        learned = f"What the run learned (from its results card, {card}):\n\n{card_summary(card)}"
+    else:
+        learned = f"No results card from this run at {card}: notebook 05 did not finish (see {out_dir})."
+    lines += ["", learned]
     (ROOT / "outputs" / "suite_summary.md").write_text("\n".join(lines) + "\n")
-    print(f"Executed notebooks in {out_dir}; summary in outputs/suite_summary.md")
+    print(f"Executed notebooks in {out_dir}; summary in outputs/suite_summary.md\n\n{learned}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

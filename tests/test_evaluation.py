@@ -71,6 +71,120 @@ def test_pass_at_k_rejects_k_above_n():
         evaluation.pass_at_k(2, 1, 3)
 
 
+# --- uncertainty and significance ------------------------------------------------------------------
+
+@pytest.mark.parametrize("successes, n, expected", [
+    (8, 10, (0.4902, 0.9433)), (0, 10, (0.0, 0.2775)), (10, 10, (0.7225, 1.0))])
+def test_wilson_interval_known_values(successes, n, expected):
+    assert evaluation.wilson_interval(successes, n) == pytest.approx(expected, abs=5e-5)
+
+
+def test_wilson_interval_edges_and_bad_input():
+    assert evaluation.wilson_interval(0, 0) == (0.0, 1.0)
+    low99, high99 = evaluation.wilson_interval(8, 10, confidence=0.99)
+    assert low99 < 0.4902 and high99 > 0.9433  # more confidence, a wider interval
+    for bad in ((11, 10), (-1, 10), (1, -1)):
+        with pytest.raises(ValueError):
+            evaluation.wilson_interval(*bad)
+
+
+@pytest.mark.parametrize("fixed, broken, expected", [
+    (9, 1, 22 / 1024),  # 2 * P(X <= 1), X ~ B(10, 1/2) = 0.021484375
+    (1, 9, 22 / 1024), (6, 0, 2 / 64), (3, 0, 0.25), (5, 5, 1.0), (0, 0, 1.0), (0, 1, 1.0),
+    (60, 40, 0.056887), (40, 60, 0.056887)])  # binomial test of 40 in 100, two-sided
+def test_mcnemar_exact_two_sided_known_values(fixed, broken, expected):
+    assert evaluation.mcnemar_p_value(fixed, broken) == pytest.approx(expected, abs=1e-6)
+
+
+def test_mcnemar_handles_the_full_test_set_and_refuses_negative_counts():
+    assert 0 < evaluation.mcnemar_p_value(700, 619) < 0.05  # 1,319 flips: exact integers, no overflow
+    with pytest.raises(ValueError):
+        evaluation.mcnemar_p_value(-1, 3)
+
+
+# Cavo et al. (2012) in Fagerland, Lydersen & Laake, "Statistical Analysis of Contingency Tables" (2017),
+# chapter 8, as the R package contingencytables tests it: estimate -0.0621, 95% CI -0.1186 to -0.0046.
+@pytest.mark.parametrize("counts, expected", [
+    ((59, 6, 16, 80), (-0.1186, -0.0046)),
+    ((59, 16, 6, 80), (0.0046, 0.1186)),  # the same flips the other way round
+])
+def test_paired_difference_interval_known_values(counts, expected):
+    assert evaluation.paired_difference_interval(*counts) == pytest.approx(expected, abs=5e-5)
+
+
+def _scored(index, sample, reply, gold="4"):
+    return {"index": index, "sample": sample, "question": f"q{index}", "gold": gold, "reply": reply,
+            "length_tokens": 5, "truncated": False, **evaluation.score_reply(reply, gold)}
+
+
+def test_majority_vote_strict_and_lenient():
+    right, wrong = data.format_completion("x", "4"), data.format_completion("x", "5")
+    assert evaluation.majority_correct([_scored(0, i, r) for i, r in enumerate([right, right, wrong])])
+    assert not evaluation.majority_correct([_scored(0, i, r) for i, r in enumerate([wrong, wrong, right])])
+    loose = [_scored(0, i, r) for i, r in enumerate(["so 4", "it is 4", right])]  # right numbers, mostly no format
+    assert not evaluation.majority_correct(loose, strict=True)  # two votes for "no answer in the format"
+    assert evaluation.majority_correct(loose, strict=False)
+    tie = [_scored(0, i, r) for i, r in enumerate([wrong, right])]
+    assert not evaluation.majority_correct(tie) and evaluation.majority_correct(tie[::-1])  # ties: first seen
+
+
+def test_question_outcomes_greedy_and_sampled():
+    right, wrong = data.format_completion("x", "4"), data.format_completion("x", "5")
+    greedy = [_scored(0, 0, right), _scored(1, 0, "4"), _scored(2, 0, wrong)]
+    assert evaluation.question_outcomes(greedy, "strict_accuracy") == {0: True, 1: False, 2: False}
+    assert evaluation.question_outcomes(greedy, "lenient_accuracy") == {0: True, 1: True, 2: False}
+    sampled = [_scored(0, 0, wrong), _scored(0, 1, right), _scored(0, 2, wrong), _scored(1, 0, right),
+               _scored(1, 1, right), _scored(1, 2, wrong)]
+    assert evaluation.question_outcomes(sampled, "pass@3_strict") == {0: True, 1: True}
+    assert evaluation.question_outcomes(sampled, "maj@3_strict") == {0: False, 1: True}
+    with pytest.raises(ValueError, match="pass@k"):
+        evaluation.question_outcomes(sampled, "strict_accuracy")  # one sample of several is not the rate
+    with pytest.raises(ValueError):
+        evaluation.question_outcomes(sampled, "pass@4_strict")
+    summary = evaluation.summarize(sampled)
+    assert summary["maj@3_strict"] == 0.5 and summary["pass@3_strict"] == 1.0
+
+
+def _paired(base_right, trained_right, n):
+    right, wrong = data.format_completion("x", "4"), data.format_completion("x", "5")
+    return {"settings": {"num_samples": 1}, "n_questions": n,
+            "rows": {"base": [_scored(i, 0, right if i in base_right else wrong) for i in range(n)],
+                     "trained": [_scored(i, 0, right if i in trained_right else wrong) for i in range(n)]}}
+
+
+def test_significance_table_and_the_verdict_sentence():
+    result = _paired(set(range(8)), set(range(7)) | set(range(8, 14)), 20)  # 8/20 -> 13/20: 6 fixed, 1 broken
+    table = evaluation.significance_table(result)
+    row = table.loc["strict_accuracy"]
+    assert (row["base"], row["trained"], row["change"]) == (0.4, 0.65, pytest.approx(0.25))
+    assert (row["fixed"], row["broken"], row["n"]) == (6, 1, 20)
+    assert row["p_value"] == pytest.approx(16 / 128)
+    assert (row["base_low"], row["base_high"]) == pytest.approx(evaluation.wilson_interval(8, 20))
+    assert row["change_low"] < 0.25 < row["change_high"]
+    assert list(table.index) == list(evaluation.RATE_METRICS)
+    sentence = evaluation.verdict(result)
+    assert sentence.startswith("Strict accuracy went from 40.0% (95% CI 21.9%-61.3%) to 65.0%")
+    assert "+25.0 points" in sentence and "6 questions fixed and 1 broken" in sentence
+    assert "p = 0.125" in sentence and "not distinguishable from noise" in sentence
+    strong = evaluation.verdict(_paired(set(), set(range(12)), 40))
+    assert "p = 0.000488" in strong and "is distinguishable from noise" in strong
+    assert "No question changed outcome" in evaluation.verdict(_paired({1}, {1}, 5))
+
+
+def test_the_time_estimate_times_one_batch_of_the_trained_model(monkeypatch):
+    fake = FakeGenerator(lambda side, q, i: "4")
+    monkeypatch.setattr(evaluation, "generate_completions", fake)
+    dataset = [{"prompt": data.format_prompt(f"q{i}"), "question": f"q{i}", "answer": "4"} for i in range(30)]
+    estimate = evaluation.estimate_eval_seconds("model", "tok", dataset, SamplingSettings(max_new_tokens=8), 30,
+                                                batch_size=4, lora_request="LORA")
+    assert len(fake.calls) == 1 and len(fake.calls[0]["prompts"]) == 4 and fake.calls[0]["use_adapter"]
+    assert (estimate.questions, estimate.warmup_questions) == (30, 4)
+    assert estimate.seconds == pytest.approx(estimate.warmup_seconds / 4 * 30 * 2, abs=0.1)
+    assert "30 questions x 2 models" in estimate.message()
+    with pytest.raises(ValueError):
+        evaluation.estimate_eval_seconds("model", "tok", dataset, SamplingSettings(max_new_tokens=8), 0)
+
+
 def test_flipped_questions_both_ways_first_sample_only():
     before = [_row(0, 0, False), _row(1, 0, True), _row(2, 0, True), _row(3, 0, False), _row(3, 1, False)]
     after = [_row(0, 0, True, reply="new"), _row(1, 0, False), _row(2, 0, True), _row(3, 0, False), _row(3, 1, True)]
@@ -174,6 +288,21 @@ def test_an_adapter_of_another_shape_is_refused(tmp_path):
 def test_export_rejects_unknown_kind():
     with pytest.raises(ValueError, match="merged_16bit"):
         export.export_model(None, None, "onnx", "/tmp/x")
+    with pytest.raises(ValueError, match="onnx"):
+        export.export_flagged(None, None, {"onnx": True}, "/tmp/x")
+
+
+def test_export_flagged_runs_only_what_is_switched_on(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_export(model, tokenizer, kind, directory, gguf_method="q4_k_m", profile=None):
+        calls.append((kind, directory))
+        return export.ExportResult(kind, True, str(directory), 1.0, 0.1, f"Saved {kind}.")
+
+    monkeypatch.setattr(export, "export_model", fake_export)
+    lines = export.export_flagged("m", "t", {"lora": True, "merged_16bit": False, "gguf": True}, tmp_path)
+    assert calls == [("lora", tmp_path / "lora_adapter"), ("gguf", tmp_path / "gguf")]
+    assert lines == ["Saved lora.", "merged_16bit: off (EXPORT_MERGED_16BIT = False)", "Saved gguf."]
 
 
 def test_exports_that_cannot_work_here_say_why_without_trying(monkeypatch, tmp_path):
