@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from . import data, pi_programs, rewards, sandbox
+from . import data, memory_cap, pi_programs, rewards, sandbox
 from .evaluation import OUTPUT_EXCERPT_CHARS, SIDES
 from .generation import SamplingSettings, generate_completions
 
@@ -118,10 +118,16 @@ def score_pi_reply(reply: str, asked_method: str | None = None, timeout_s: float
 
 def score_pi_replies(items: Sequence[tuple[str, str | None]], timeout_s: float = 10.0, memory_mb: int = 1024,
                      workers: int | None = None) -> list[dict[str, Any]]:
-    """score_pi_reply for many (reply, asked_method) pairs, several sandboxes at once, in order."""
+    """score_pi_reply for many (reply, asked_method) pairs, several sandboxes at once, in order.
+
+    Each sandbox may hold up to memory_mb (all its processes together), so by default at most
+    8 run at once, one per CPU core, and only as many as fit in half the memory available when
+    it starts (MemAvailable): workers x memory_mb stays within that half, at least 1 worker
+    (with the default 1024 MB: 4 on a runtime with 8 GB available). workers overrides it.
+    """
     from tqdm.auto import tqdm
 
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    workers = workers or memory_cap.concurrent_runs_affordable(memory_mb, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(score_pi_reply, reply, method, timeout_s, memory_mb) for reply, method in items]
         return [f.result() for f in tqdm(futures, desc="Running programs in the sandbox", unit="program")]

@@ -64,7 +64,7 @@ def test_no_code_crash_and_timeout():
     assert crash["has_code"] and not crash["ran_ok"] and crash["returncode"] not in (0, None)
     assert "ZeroDivisionError" in crash["stderr"]
     start = time.monotonic()
-    loop = pi_eval.score_pi_reply(LOOP, timeout_s=1.0)
+    loop = pi_eval.score_pi_reply(LOOP, timeout_s=0.5)
     assert loop["timed_out"] and not loop["ran_ok"] and loop["returncode"] is None
     assert time.monotonic() - start < 10
 
@@ -105,3 +105,19 @@ def test_pi_comparison_on_canned_replies(monkeypatch):
     json.dumps(result)  # saveable as is
 
 
+def test_concurrent_sandboxes_fit_in_half_the_available_memory(monkeypatch):
+    seen = []
+
+    class RecordingPool(pi_eval.ThreadPoolExecutor):
+        def __init__(self, max_workers):
+            seen.append(max_workers)
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(pi_eval, "ThreadPoolExecutor", RecordingPool)
+    monkeypatch.setattr(pi_eval.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(pi_eval.memory_cap, "available_memory_mb", lambda: 2500)
+    rows = pi_eval.score_pi_replies([("No code.", None)] * 2, memory_mb=1024)
+    monkeypatch.setattr(pi_eval.memory_cap, "available_memory_mb", lambda: 64_000)
+    pi_eval.score_pi_replies([("No code.", None)] * 2, memory_mb=1024)
+    assert seen == [1, 8]  # 2500 MB available: half of it holds one 1024 MB sandbox; 64 GB: one per core
+    assert [r["has_code"] for r in rows] == [False, False]
