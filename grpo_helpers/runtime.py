@@ -40,7 +40,7 @@ class RuntimeInfo:
 
     @property
     def is_t4_class(self) -> bool:
-        """True for Turing-or-older GPUs (no bf16, vLLM <= 0.11.2 attention backends)."""
+        """True for Turing-or-older GPUs (no bf16; newer vLLM releases have no attention backend for them)."""
         return self.compute_capability is not None and self.compute_capability < (8, 0)
 
 
@@ -102,7 +102,7 @@ def runtime_verdict(info: RuntimeInfo) -> str:
         return (f"{info.gpu_name} with {info.vram_gb} GB is too small for the 8B model in 4-bit plus "
                 f"vLLM (needs ~15 GB). Pick a T4 or larger GPU.")
     precision = "bf16" if info.bf16_supported else "fp16 only (no bf16)"
-    vllm = "vLLM 0.11.2 (the last with a T4 attention backend)" if info.is_t4_class else "a current vLLM"
+    vllm = "the pinned vLLM (the last with a T4 attention backend)" if info.is_t4_class else "a current vLLM"
     return (f"Good: {info.gpu_name}, {info.vram_gb} GB, compute capability {cc}, {precision}. "
             f"The 't4' profile fits; generation uses {vllm}.")
 

@@ -11,9 +11,9 @@ def info(**changes):
     return RuntimeInfo(**base)
 
 
-def test_t4_verdict_says_fp16_and_vllm_0112():
+def test_t4_verdict_says_fp16_and_the_pinned_vllm():
     text = runtime.runtime_verdict(info())
-    assert "Tesla T4" in text and "no bf16" in text and "0.11.2" in text
+    assert "Tesla T4" in text and "no bf16" in text and "pinned vLLM" in text
     assert info().is_t4_class
 
 
@@ -41,3 +41,16 @@ def test_describe_runtime_on_this_machine():
     here = runtime.describe_runtime()
     assert here.cpu_count >= 1 and here.torch_version
     assert here.cuda_available == (here.gpu_name is not None)
+
+
+def test_every_vllm_version_written_in_prose_is_the_pinned_one():
+    import re
+    from pathlib import Path
+
+    from grpo_helpers.install import VLLM_FOR_T4
+
+    root = Path(__file__).resolve().parents[1]
+    texts = {p.name: p.read_text() for p in [root / "README.md", *sorted((root / "notebooks").glob("*.ipynb"))]}
+    written = {(name, v) for name, text in texts.items() for v in re.findall(r"vLLM (\d+\.\d+\.\d+)", text)}
+    written |= {(name, v) for name, text in texts.items() for v in re.findall(r"last vLLM[^.]{0,80}? is (\d+\.\d+\.\d+)", text)}
+    assert written and all(v == VLLM_FOR_T4 for _, v in written), sorted(written)
