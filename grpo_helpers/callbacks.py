@@ -1,4 +1,6 @@
-"""The Trainer callbacks: live metrics (metrics.csv and the curves PNG) and the run file in every checkpoint."""
+"""The Trainer callbacks: live metrics (metrics.csv and the curves PNG) and the run file in every checkpoint.
+
+Under accelerate launch only the main process (state.is_world_process_zero) writes them."""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def _make_callback_class() -> type:
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-            if not numbers:
+            if not numbers or not state.is_world_process_zero:
                 return
             new_file = not self.metrics_path.exists()
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,8 @@ def _make_callback_class() -> type:
                 self.redraw()
 
         def on_train_end(self, args, state, control, **kwargs):
-            self.redraw()
+            if state.is_world_process_zero:
+                self.redraw()
 
         def redraw(self) -> None:
             """Draw the curves from metrics.csv: inline in a notebook, and always to the PNG."""
@@ -128,6 +131,8 @@ def _make_run_callback_class() -> type:
             self._write(args, state)
 
         def _write(self, args, state) -> None:
+            if not state.is_world_process_zero:  # one writer; the Trainer saves the checkpoint from there too
+                return
             write_run_file(Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}", self.run,
                            state.global_step)
 

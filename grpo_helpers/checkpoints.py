@@ -5,6 +5,9 @@ fingerprint of the settings that shape the optimisation, not of bookkeeping such
 before training every checkpoint of another run is moved aside (never deleted) into a sibling
 `checkpoints-previous/<timestamp>/` folder, so neither a step number nor a modification time can make
 a resume, or the Trainer's rotation, touch another run.
+
+Under accelerate launch only the main process moves or rewrites anything; the others wait for it and
+then see the same checkpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import paths
+from . import backends, paths
 
 RUN_FILE = "run.json"  # in every checkpoint: which run it belongs to
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -129,9 +132,11 @@ def aside_folder(output_dir: Path) -> Path:
 
 
 def set_aside(items: Sequence[Path], destination: Path, reason: str) -> None:
-    """Move files/folders into `destination` (never deleting them), with one line saying what, why and where."""
+    """Move files/folders into `destination` (never deleting them), with one line saying what, why and where.
+
+    Only the main process moves; in the others this does nothing."""
     items = [Path(item) for item in items if Path(item).exists()]
-    if not items:
+    if not items or not backends.is_main_process():
         return
     destination.mkdir(parents=True, exist_ok=True)
     for item in items:
@@ -147,7 +152,19 @@ def prepare_checkpoints(output_dir: Path, run_id: str, resume: bool, destination
     """Move aside every checkpoint a resume must not use; return this run's complete ones, newest first.
 
     resume=False moves all of them and `extras` (the old metrics.csv and curves); otherwise those of other
-    runs (or of none: saved before checkpoints named their run) and this run's incomplete ones."""
+    runs (or of none: saved before checkpoints named their run) and this run's incomplete ones. Under
+    several processes the main one moves and the others, once it is done, list what is left."""
+    if not backends.is_main_process():
+        backends.wait_for_everyone()
+        return [str(f) for f in checkpoint_folders(output_dir) if resume and checkpoint_run_id(f) == run_id
+                and checkpoint_problem(f) is None]
+    complete = _prepare_in_main(output_dir, run_id, resume, destination, extras)
+    backends.wait_for_everyone()
+    return complete
+
+
+def _prepare_in_main(output_dir: Path, run_id: str, resume: bool, destination: Path,
+                     extras: Sequence[Path]) -> list[str]:
     folders = checkpoint_folders(output_dir)
     if not resume:
         set_aside([*folders, *extras], destination, "resume=False: a new run starts")
@@ -166,8 +183,10 @@ def prepare_checkpoints(output_dir: Path, run_id: str, resume: bool, destination
 
 
 def truncate_metrics(path: Path, last_step: int) -> int:
-    """Drop metrics.csv rows after `last_step` (and torn ones) before a resume redoes those steps; how many."""
-    if not path.is_file():
+    """Drop metrics.csv rows after `last_step` (and torn ones) before a resume redoes those steps; how many.
+
+    Only the main process rewrites the file (the others return 0)."""
+    if not path.is_file() or not backends.is_main_process():
         return 0
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))

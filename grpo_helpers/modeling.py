@@ -1,4 +1,7 @@
-"""Load the model through Unsloth's FastLanguageModel (4-bit, LoRA) and report its size and memory."""
+"""Load the model (4-bit, LoRA) and report its size and memory.
+
+Backend "unsloth": Unsloth's FastLanguageModel (one GPU, its kernels and vLLM). Backend "trl":
+transformers + PEFT (grpo_helpers.backends), for TRL's trainer under accelerate launch."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import paths, runtime, tiny
+from . import backends, paths, runtime, tiny
 from .generation import uses_vllm
 from .profiles import PROFILES, TINY_MODEL_NAME, Profile
 
@@ -71,15 +74,37 @@ def vllm_unavailable(profile: Profile) -> VLLMUnavailableError:
 
 
 def require_vllm(model: Any, profile: Profile) -> None:
-    """Raise VLLMUnavailableError when the profile asks for vLLM and the model was loaded without it."""
+    """Raise VLLMUnavailableError when the profile asks for vLLM and the model was loaded without it.
+
+    Backend "trl": TRL's trainer starts vLLM itself, so vLLM must import here and, in server mode,
+    the server must answer (backends.VLLMServerUnreachableError otherwise)."""
+    if backends.backend_for(profile) == "trl":
+        if profile.fast_inference:
+            backends.require_vllm_engine(profile)
+            problem = vllm_problem()
+            if problem != VLLM_IMPORTS_FINE:
+                raise VLLMUnavailableError(
+                    f"Profile {profile.name!r} generates with TRL's vLLM (vllm_mode={profile.vllm_mode!r}), but vLLM "
+                    f"does not import in this environment ({problem}). Install vLLM next to TRL here, or train "
+                    "without it: --set fast_inference=false (HF generate, about 10x slower).")
+        return
     if profile.fast_inference and not uses_vllm(model):
         raise vllm_unavailable(profile)
+
+
+def prepare_backend(profile: Profile) -> None:
+    """Before TRL builds anything: Unsloth imported for its backend (it patches TRL); never for "trl"."""
+    if backends.backend_for(profile) == "trl":
+        backends.require_plain_trl()
+    else:
+        import_unsloth()
 
 
 def model_path(profile: Profile) -> str:
     """The Hub id to download, or the local folder of the tiny model (built on first use)."""
     if profile.model_name == TINY_MODEL_NAME:
-        return str(tiny.ensure_tiny_model(spec=tiny.TinySpec(warm_start_steps=profile.warm_start_steps)))
+        with backends.main_process_first():  # one process builds it, the others then read it
+            return str(tiny.ensure_tiny_model(spec=tiny.TinySpec(warm_start_steps=profile.warm_start_steps)))
     return profile.model_name
 
 
@@ -89,6 +114,11 @@ def load_base_model(profile: Profile) -> tuple[Any, Any]:
     A profile with fast_inference gets a model with a vLLM engine or a VLLMUnavailableError."""
     if profile.requires_gpu:
         runtime.require_cuda(f"Loading {profile.model_name}")
+    backends.check_engine(profile)
+    if backends.backend_for(profile) == "trl":
+        model, tokenizer = backends.load_trl_model(profile, model_path(profile))
+        require_vllm(model, profile)
+        return model, tokenizer
     import_unsloth(profile)
     import torch
     from unsloth import FastLanguageModel
@@ -115,6 +145,8 @@ def load_base_model(profile: Profile) -> tuple[Any, Any]:
 
 def add_lora(model: Any, profile: Profile) -> Any:
     """Attach fresh LoRA adapters as the profile says (rank, alpha, target projections)."""
+    if backends.backend_for(profile) == "trl":
+        return backends.add_trl_lora(model, profile)
     from unsloth import FastLanguageModel
 
     return FastLanguageModel.get_peft_model(
@@ -231,7 +263,8 @@ def find_adapter(profile: Profile, adapter_dir: Path | str | None = None) -> Pat
         f"No trained LoRA adapter in {directory} (expected {ADAPTER_CONFIG_FILE} and "
         f"{ADAPTER_WEIGHT_FILES[0]}). Run {TRAIN_NOTEBOOK} first (same profile, same artifacts folder / Drive): "
         f"it saves the adapter there. This run: profile {profile.name!r}, artifacts folder "
-        f"{paths.artifacts_dir()} (${paths.ARTIFACTS_ENV}, else Google Drive when mounted, else ./outputs)."
+        f"{paths.artifacts_dir()} (${paths.ARTIFACTS_ENV}, else Google Drive when mounted, else ./outputs). "
+        f"From a terminal: python -m grpo_helpers train --profile {profile.name}."
         + "".join(" " + h for h in hints))
 
 
@@ -261,9 +294,9 @@ def load_adapter_weights(model: Any, adapter_dir: Path | str) -> int:
 
 
 def load_trained_model(profile: Profile, adapter_dir: Path | str | None = None) -> TrainedModel:
-    """The profile's base model plus notebook 04's adapter (its rank, alpha and targets), ready to generate."""
-    from unsloth import FastLanguageModel
+    """The profile's base model plus notebook 04's adapter (its rank, alpha and targets), ready to generate.
 
+    Backend "trl" generates with HF generate: TRL's vLLM belongs to its trainer."""
     directory = find_adapter(profile, adapter_dir)
     config = json.loads((directory / ADAPTER_CONFIG_FILE).read_text())
     info_path = directory / ADAPTER_INFO_FILE
@@ -275,9 +308,16 @@ def load_trained_model(profile: Profile, adapter_dir: Path | str | None = None) 
     shape = profile.replace(lora_rank=int(config.get("r", profile.lora_rank)),
                             lora_alpha=int(config.get("lora_alpha", profile.lora_alpha)),
                             lora_target_modules=tuple(sorted(targets)) if not isinstance(targets, str) else targets)
+    if backends.backend_for(shape) == "trl":
+        shape = shape.replace(fast_inference=False)
     model, tokenizer = load_base_model(shape)  # vLLM's max_lora_rank must fit the adapter's rank
     model = add_lora(model, shape)
     load_adapter_weights(model, directory)
+    if backends.backend_for(shape) == "trl":
+        model.eval()
+        return TrainedModel(model, tokenizer, directory, None, info)
+    from unsloth import FastLanguageModel
+
     FastLanguageModel.for_inference(model)
     # vLLM holds only the base weights; the LoRA reaches it per request (Unsloth's load_lora).
     lora_request = model.load_lora(str(directory)) if uses_vllm(model) else None
