@@ -65,11 +65,11 @@ LIGHT_PINS = {name: SHARED_PINS[name] for name in
 GPU_ONLY_PINS = {"cut-cross-entropy": "25.1.1", "torchao": "0.14.1"}
 
 KITS = {"full": "the GPU stack: vLLM, Unsloth, TRL (notebooks 00, 01, 04, 05)",
-        "light": "TRL and transformers only, Colab's torch kept (notebook 02)"}
+        "light": "TRL and transformers only, Colab's torch kept (notebooks 02, 03)"}
 STAMP = Path("/content/.grpo_stack_installed")
 
 
-NOTEBOOK_KITS = {"00_setup": "full", "01_load_model": "full", "02_rewards": "light",
+NOTEBOOK_KITS = {"00_setup": "full", "01_load_model": "full", "02_rewards": "light", "03_objective": "light",
                  "04_train_grpo": "full", "05_before_after": "full"}
 
 

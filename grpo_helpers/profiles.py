@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from . import runtime
+from .install import VLLM_FOR_T4
 
 PROFILE_ENV = "GRPO_PROFILE"
 
@@ -76,12 +77,22 @@ class Profile:
     eval_questions: int  # GSM8K test questions for notebook 05's before/after
     eval_max_new_tokens: int  # greedy answer length in evaluation
     eval_batch_size: int  # questions per generate call in evaluation
+    eval_full_test_set: bool  # notebook 05 scores every test question load_gsm8k returns (1,319 in GSM8K)
+    eval_samples: int  # notebook 05's sampling mode: k answers per question at `temperature`, pass@k and maj@k; 1 = off
+    watch_questions: int  # held-out test questions scored greedily while training (grpo_helpers.watch); 0 = no watch
+    watch_every_steps: int  # the watch scores them at step 0, every this many steps and at the last step
     pi_samples: int  # sampled answers per pi prompt and model
     pi_max_new_tokens: int  # answer length for the pi prompts
     pi_timeout_s: float  # wall-clock limit for each generated program in the sandbox
     preflight_steps: int  # notebook 04 measures this many real GRPO steps before the long run (0: off)
     session_budget_hours: float  # the longest a free Colab session runs (Colab's FAQ; often less)
     seed: int  # Trainer, sampling and data-shuffling seed
+    # Engine (grpo_helpers.backends) -----------------------------------------------------------
+    backend: str  # "unsloth" (one GPU, Unsloth's kernels and vLLM) or "trl" (TRL + PEFT under accelerate launch)
+    vllm_mode: str  # backend "trl": GRPOConfig.vllm_mode, "colocate" (vLLM in each process) or "server" (trl vllm-serve)
+    vllm_server_host: str  # GRPOConfig.vllm_server_host: where the trainer finds the server (and where it listens)
+    vllm_server_port: int  # GRPOConfig.vllm_server_port: the server's HTTP port (`trl vllm-serve --port`)
+    vllm_server_timeout_s: float  # GRPOConfig.vllm_server_timeout: seconds to wait for the server to answer
 
     def replace(self, **changes: object) -> "Profile":
         """A copy with some fields changed; an unknown field is a ProfileError listing the valid names."""
@@ -101,7 +112,7 @@ LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 
 T4 = Profile(
     name="t4",
-    description="Llama-3.1-8B-Instruct in 4-bit on a free Colab T4 (15 GB, fp16, vLLM 0.11.2)",
+    description=f"Llama-3.1-8B-Instruct in 4-bit on a free Colab T4 (15 GB, fp16, vLLM {VLLM_FOR_T4})",
     # Ungated copy of meta-llama/Llama-3.1-8B-Instruct; with load_in_4bit Unsloth fetches its
     # pre-quantised bnb-4bit twin (5.7 GB instead of 16 GB of downloads).
     model_name="unsloth/Meta-Llama-3.1-8B-Instruct",
@@ -160,12 +171,71 @@ T4 = Profile(
     eval_questions=200,  # GSM8K test questions for before/after (about 10 min each side with vLLM)
     eval_max_new_tokens=768,
     eval_batch_size=64,
+    eval_full_test_set=False,  # 1,319 questions x 2 models: ~2 h on the T4 (an estimate from the 10 min per 200 above)
+    eval_samples=1,  # greedy only: 8 samples each take up to ~8x as long (an estimate); set 8 for pass@8 and maj@8
+    # The watch: 32 held-out questions (the end of the test split, not the ones notebook 05 scores first),
+    # greedy, through vLLM with the current LoRA, at step 0, every 25 steps and at step 250: 11 watches.
+    # Cost, an estimate (not measured on a T4): ~1-2 min each at the ~3 s per question of eval_questions'
+    # figure, so ~10-20 min on a ~3.8 h run (5-9%). 32 questions show a collapse (80% -> 40%; the 95%
+    # interval at 80% is 65-91%), not a drift of a few points: that is notebook 05's job.
+    watch_questions=32,
+    watch_every_steps=25,
     pi_samples=8,  # per prompt and model: enough to tell "sometimes" from "usually"
     pi_max_new_tokens=768,  # a BBP program with explanation fits in ~400 tokens
     pi_timeout_s=10.0,
     preflight_steps=2,  # two real steps: the first includes vLLM's warm-up, the second is the steady pace
     session_budget_hours=12.0,  # Colab's FAQ: "up to 12 hours", often less on the free tier
     seed=3407,  # Unsloth's notebooks' seed
+    # One T4: Unsloth's 4-bit kernels and its in-process vLLM with the standby memory plan above (TRL's
+    # own trainer cannot share the 4-bit weights with vLLM). Several processes (accelerate launch) always
+    # train with "trl" (backends.backend_for): Unsloth trains in one process only.
+    backend="unsloth",
+    vllm_mode="colocate",  # Unsloth's engine lives in the training process; "server" is the trl backend's
+    vllm_server_host="127.0.0.1",  # a server on this machine, listening only locally
+    vllm_server_port=8000,  # TRL's default (`trl vllm-serve --port` and GRPOConfig.vllm_server_port)
+    vllm_server_timeout_s=240.0,  # TRL's default: loading a model into a fresh server takes minutes
+)
+
+# Kaggle's two T4s (15 GB each, fp16): TRL's vLLM server on GPU 0, the trainer on GPU 1 (README: "Past one
+# T4"). vLLM cannot take TRL's weight updates for a 4-bit model (huggingface/trl#4973), so both sides hold
+# 16-bit weights, and an 8B model in fp16 (16 GB) fits neither card: Llama-3.2-3B-Instruct (6.4 GB in fp16).
+# Memory, estimates from grpo_helpers.sizes and the shapes, not measured on Kaggle:
+#   GPU 0, server: 6.4 GB weights, KV cache in the rest of 0.9 x 15 GB (~6 GB, ~50k tokens of 1024-token answers)
+#   GPU 1, trainer: 6.4 GB weights + LoRA r=32 (49M params, ~0.5 GB with 8-bit Adam) + activations of 6 x 1024
+#   tokens with checkpointing (~3-5 GB): ~10-12 GB of 15
+# Time, an estimate: ~25-35 s a step (generation ~15 s, update ~10 s, weight sync to the server ~3 s), so
+# 250 steps in ~2-2.5 h, inside Kaggle's 12 h session (session_budget_hours as on Colab) and 30 GPU-hours a week.
+KAGGLE_2XT4 = T4.replace(
+    name="kaggle_2xt4",
+    description="Llama-3.2-3B-Instruct on Kaggle's two T4s: TRL's vLLM server on one, the trainer on the other",
+    model_name="unsloth/Llama-3.2-3B-Instruct",  # an ungated copy of meta-llama/Llama-3.2-3B-Instruct
+    load_in_4bit=False,  # fp16 weights: what the server's vLLM engine can take updates for
+    vllm_standby=False,  # Unsloth's; the server keeps its own GPU
+    use_gradient_checkpointing=True,  # HF's recompute ("unsloth", offloaded, is Unsloth's own)
+    backend="trl",  # two GPUs, one per process role: TRL's trainer, not Unsloth's
+    vllm_mode="server",  # a 3B model in fp16 twice (training + vLLM) plus activations does not fit one T4
+)
+
+# A node of N x A100/H100 80 GB (bf16): accelerate launch with one training process per GPU (DDP), each with
+# its own colocated vLLM engine (TRL's "colocate"): no GPU waits for a server. Llama-3.1-8B-Instruct in bf16.
+# Memory per GPU, estimates from the shapes, not measured: vLLM 0.3 x 80 GB = 24 GB (16 GB weights + ~7 GB
+# KV cache); training 16 GB weights + LoRA r=32 (84M params, ~1.3 GB with fp32 AdamW) + activations of 12 x 1024
+# tokens with checkpointing (~6-10 GB): ~50 GB of 80. A 40 GB card does not fit this plan (lower
+# per_device_train_batch_size and gpu_memory_utilization, or use configs/accelerate/zero3.yaml).
+# Time, an estimate: ~10-20 s a step on 8 x H100 (each GPU: 12 answers of up to 768 tokens, then the update),
+# 250 steps in ~1 h; 8 GPUs x 12 completions = 16 questions a step.
+MULTI_GPU = T4.replace(
+    name="multi_gpu",
+    description="Llama-3.1-8B-Instruct in bf16 on N x A100/H100 80 GB: accelerate launch, DDP, colocated vLLM",
+    load_in_4bit=False,  # bf16 weights fit and vLLM can take their updates (not a 4-bit model's)
+    dtype="bfloat16",  # A100/H100 have bf16: fp32's range, no loss scaling
+    gpu_memory_utilization=0.3,  # GRPOConfig.vllm_gpu_memory_utilization: vLLM's share, the rest trains
+    vllm_standby=False,  # Unsloth's; TRL's colocated engine keeps its share
+    use_gradient_checkpointing=True,  # HF's recompute ("unsloth", offloaded, is Unsloth's own)
+    per_device_train_batch_size=12,  # two questions (of 6 answers) per GPU and step
+    optim="adamw_torch",  # LoRA's AdamW states are ~0.7 GB in fp32: no need for 8-bit paging
+    session_budget_hours=24.0,  # a rented node has no session limit: the pre-flight projects against a day
+    backend="trl",  # several processes: TRL's trainer under accelerate launch
 )
 
 # The CPU rehearsal: the T4 run with only what a 1M-parameter model on 2 CPU cores needs changed.
@@ -202,12 +272,15 @@ TINY = T4.replace(
     warm_start_steps=80,  # leaves the format half-learnt, so GRPO has something to find
     eval_questions=64,
     eval_max_new_tokens=48,
+    eval_full_test_set=True,  # the whole test split (test_limit: 64), ~1.5 s per model (measured): CI runs that path
+    eval_samples=4,  # ~9 s per model for 64 x 4 samples on one core (measured): CI runs pass@4 and maj@4
+    watch_every_steps=20,  # 80 steps: watches at 0, 20, 40, 60 and 80, ~1 s each (measured, 32 questions)
     pi_samples=2,
     pi_max_new_tokens=48,
     pi_timeout_s=5.0,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (T4, TINY)}
+PROFILES: dict[str, Profile] = {p.name: p for p in (T4, TINY, KAGGLE_2XT4, MULTI_GPU)}
 
 
 def get_profile(name: str | None = None, *, check_hardware: bool = True, quiet: bool = False) -> Profile:

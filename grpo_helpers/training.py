@@ -1,110 +1,140 @@
-"""GRPO training: the GRPOConfig from the profile, the TRL trainer, and a resumable run saved as an adapter.
+"""GRPO training: TRL's GRPOConfig from the profile, TRL's GRPOTrainer, and a resumable run saved as an adapter.
 
-Which checkpoints belong to a run, and what is moved aside before training, is `checkpoints`; the
-Trainer callbacks (live metrics, run.json) are `callbacks`.
-"""
+Notebook 04 builds the three in view: `build_grpo_config` (every field: `config_table`), `build_trainer`, then
+`train_grpo(..., trainer=trainer)`. Which checkpoints are a run's: `checkpoints`; the callbacks: `callbacks`."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import enum
 import gc
 import hashlib
 import json
+import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import paths, rewards
+from . import backends, paths, rewards
 from .callbacks import live_metrics_callback, read_metrics, run_callback
 from .chat_tokens import align_special_tokens
 from .checkpoints import (DRIVE_TRASH_NOTE, aside_folder, checkpoint_step, latest_checkpoint, on_drive,
                           prepare_checkpoints, set_aside, truncate_metrics)
 from .generation import uses_vllm
 from .install import installed_versions
-from .modeling import ADAPTER_INFO_FILE, import_unsloth, require_vllm, save_adapter
+from .modeling import ADAPTER_INFO_FILE, prepare_backend, require_vllm, save_adapter
 from .plotting import metrics_table
 from .profiles import Profile, ProfileError
+from .runtime import NotebookStop
 
 RewardFunc = Callable[..., list[float]]
-# GRPOConfig values that do not change the optimisation: a run with other values is the same run. use_vllm,
-# use_cpu and gradient_checkpointing say how a step is computed, not what: falling back from vLLM to HF
-# generate (fast_inference=False) continues the same run.
+# GRPOConfig values that do not change the optimisation (another value: the same run). use_vllm, use_cpu and
+# gradient_checkpointing say how a step is computed, not what: falling back from vLLM to HF generate continues it.
 BOOKKEEPING = frozenset({
     "output_dir", "max_steps", "logging_steps", "logging_first_step", "logging_strategy", "logging_dir",
     "save_strategy", "save_steps", "save_total_limit", "save_only_model", "report_to", "run_name",
     "disable_tqdm", "dataloader_num_workers", "use_cpu", "use_vllm", "gradient_checkpointing",
     "log_completions", "num_completions_to_print", "push_to_hub", "hub_model_id",
+    # the "trl" backend's engine (backends.engine_config_values): where and how generation runs
+    "vllm_mode", "vllm_server_host", "vllm_server_port", "vllm_server_timeout", "vllm_gpu_memory_utilization",
+    "ddp_find_unused_parameters",
 })
+OWN_CALLBACKS = ("LiveMetricsCallback", "RunCallback")  # what build_trainer attaches (callbacks.py)
 
 
 def grpo_config_values(profile: Profile, output_dir: str | Path, reward_weights: Sequence[float] | None = None,
                        model: Any = None) -> dict[str, Any]:
-    """GRPOConfig keyword arguments for the profile; TRL's defaults fill the rest.
-
-    `use_vllm` follows the loaded model when one is given (it has a vLLM engine or not), else the profile."""
+    """GRPOConfig keyword arguments for the profile; TRL's defaults fill the rest. `use_vllm` follows the loaded
+    model when one is given (it has a vLLM engine or not), else the profile."""
     import torch
 
     on_gpu = torch.cuda.is_available()
     return {
         "output_dir": str(output_dir),
-        "per_device_train_batch_size": profile.per_device_train_batch_size,
+        # the batch and the group
+        "per_device_train_batch_size": profile.per_device_train_batch_size, "num_generations": profile.num_generations,
         "gradient_accumulation_steps": profile.gradient_accumulation_steps,
-        "num_generations": profile.num_generations,
-        "max_prompt_length": profile.max_prompt_length,
-        "max_completion_length": profile.max_completion_length,
-        "learning_rate": profile.learning_rate,
-        "adam_beta1": profile.adam_beta1,
-        "adam_beta2": profile.adam_beta2,
-        "weight_decay": profile.weight_decay,
-        "warmup_ratio": profile.warmup_ratio,
-        "lr_scheduler_type": profile.lr_scheduler_type,
-        "optim": profile.optim,
-        "max_grad_norm": profile.max_grad_norm,
-        "loss_type": profile.loss_type,
-        "epsilon": profile.epsilon,
-        "num_iterations": profile.num_iterations,
-        "scale_rewards": profile.scale_rewards,
-        "beta": profile.beta,
+        "max_prompt_length": profile.max_prompt_length, "max_completion_length": profile.max_completion_length,
         "temperature": profile.temperature,
-        "max_steps": profile.max_steps,
-        "logging_steps": profile.logging_steps,
-        "save_strategy": "steps",
-        "save_steps": profile.save_steps,
-        "save_total_limit": profile.save_total_limit,
-        "seed": profile.seed,
-        "fp16": on_gpu and profile.dtype == "float16",
-        "bf16": on_gpu and profile.dtype == "bfloat16",
-        "use_cpu": not on_gpu,
-        # Unsloth's trainer uses the model's own vLLM engine
-        "use_vllm": uses_vllm(model) if model is not None else profile.fast_inference,
+        # the objective (notebook 03)
+        "loss_type": profile.loss_type, "epsilon": profile.epsilon, "num_iterations": profile.num_iterations,
+        "scale_rewards": profile.scale_rewards, "beta": profile.beta,
+        # On a GPU Unsloth's GRPOConfig turns on DAPO's overlong masking and epsilon_high=0.28 whenever
+        # loss_type="dapo" is named; TRL's values here keep the objective notebook 03 checks against TRL.
+        "epsilon_high": profile.epsilon, "mask_truncated_completions": False,
         "reward_weights": list(reward_weights) if reward_weights is not None else None,
+        # the optimizer and its schedule
+        "learning_rate": profile.learning_rate, "adam_beta1": profile.adam_beta1, "adam_beta2": profile.adam_beta2,
+        "weight_decay": profile.weight_decay, "optim": profile.optim, "max_grad_norm": profile.max_grad_norm,
+        "lr_scheduler_type": profile.lr_scheduler_type, "warmup_ratio": profile.warmup_ratio,
+        "max_steps": profile.max_steps, "seed": profile.seed,
+        "logging_steps": profile.logging_steps, "save_strategy": "steps", "save_steps": profile.save_steps,
+        "save_total_limit": profile.save_total_limit, "report_to": "none",
+        # how a step is computed
+        "fp16": on_gpu and profile.dtype == "float16", "bf16": on_gpu and profile.dtype == "bfloat16",
+        "use_cpu": not on_gpu, "dataloader_num_workers": 0,
+        "use_vllm": uses_vllm(model) if model is not None else profile.fast_inference,  # the model's own engine
         # Unsloth sets up LoRA checkpointing in get_peft_model; the Trainer's own (reentrant) kind on
         # top of it leaves the loss without gradients under TRL 0.22.2 (its GRPOConfig default is True).
         "gradient_checkpointing": False,
-        "report_to": "none",
-        "dataloader_num_workers": 0,
     }
 
 
-def build_grpo_config(profile: Profile, output_dir: str | Path, reward_weights: Sequence[float] | None = None,
-                      *, model: Any = None, **overrides: Any) -> Any:
-    """TRL's GRPOConfig for the profile; an override GRPOConfig does not have is a ProfileError naming the valid ones."""
-    import_unsloth()
+def build_grpo_config(profile: Profile, output_dir: str | Path | None = None,
+                      reward_weights: Sequence[float] | None = tuple(rewards.DEFAULT_REWARD_WEIGHTS), *,
+                      model: Any = None, **overrides: Any) -> Any:
+    """TRL's GRPOConfig for the profile: checkpoints in <artifacts>/<profile>/checkpoints, the default rewards'
+    weights (None: TRL's equal ones); an override GRPOConfig lacks is a ProfileError naming the valid ones."""
+    prepare_backend(profile)  # Unsloth imported (it patches TRL) for its backend, never for "trl"
+    import trl
     from trl import GRPOConfig
 
     known = {f.name for f in dataclasses.fields(GRPOConfig)}
     unknown = sorted(k for k in overrides if k not in known)
     if unknown:
-        raise ProfileError(f"GRPOConfig (TRL {_trl_version()}) has no field {', '.join(map(repr, unknown))}. "
+        raise ProfileError(f"GRPOConfig (TRL {trl.__version__}) has no field {', '.join(map(repr, unknown))}. "
                            f"Valid names: {', '.join(sorted(known))}.")
-    return GRPOConfig(**{**grpo_config_values(profile, output_dir, reward_weights, model), **overrides})
+    output_dir = output_dir if output_dir is not None else paths.checkpoints_dir(profile.name)
+    engine = backends.engine_config_values(profile)  # the "trl" backend's: TRL's vLLM, checkpointing, DDP
+    return GRPOConfig(**{**grpo_config_values(profile, output_dir, reward_weights, model), **engine, **overrides})
 
 
-def _trl_version() -> str:
-    import trl
+def config_overrides(config: Any, profile: Profile) -> dict[str, Any]:
+    """The fields of `config` that differ from the profile's own GRPOConfig: overrides, or changes made since."""
+    reference = build_grpo_config(profile, config.output_dir, config.reward_weights, use_vllm=config.use_vllm,
+                                  logging_dir=config.logging_dir)  # TRL stamps logging_dir with the time
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.init and getattr(config, f.name) != getattr(reference, f.name)}
 
-    return trl.__version__
+
+def _plain(value: Any) -> Any:
+    """A config value as shown and fingerprinted: enums by their value, containers and objects as text."""
+    value = value.value if isinstance(value, enum.Enum) else value
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def config_table(config: Any, profile: Profile) -> Any:
+    """Every GRPOConfig field (a DataFrame): its value as built, what grpo_helpers passed, the class default, and
+    what set it (the profile, grpo_helpers, an override, or TRL deriving it from the others)."""
+    import pandas as pd
+
+    passed = grpo_config_values(profile, config.output_dir, config.reward_weights) | {"use_vllm": config.use_vllm}
+    changed = config_overrides(config, profile)
+    rows = []
+    for field in (f for f in dataclasses.fields(config) if f.init):
+        name, value = field.name, getattr(config, field.name)
+        default = field.default if field.default is not dataclasses.MISSING else (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+        set_by = ("override" if name in changed else "profile" if name in passed and hasattr(profile, name) else
+                  "grpo_helpers" if name in passed else "TRL, derived" if _plain(value) != _plain(default) else "")
+        shown = changed.get(name, passed.get(name, "")) if set_by else ""
+        rows.append({"field": name, "value": str(_plain(value)), "passed": str(_plain(shown)),
+                     "default": str(_plain(default)), "set by": set_by})
+    order = {"profile": 0, "grpo_helpers": 1, "override": 2, "TRL, derived": 3, "": 4}
+    return pd.DataFrame(rows).set_index("field").sort_values("set by", key=lambda c: c.map(order), kind="stable")
 
 
 def default_rewards(reward_funcs: Sequence[RewardFunc] | None,
@@ -116,10 +146,14 @@ def default_rewards(reward_funcs: Sequence[RewardFunc] | None,
 
 
 def run_identity(profile: Profile, reward_funcs: Sequence[RewardFunc] | None = None,
-                 reward_weights: Sequence[float] | None = None, **config_overrides: Any) -> dict[str, Any]:
-    """What makes a run the same run: model, LoRA shape, data, rewards and every setting of the optimisation."""
+                 reward_weights: Sequence[float] | None = None, config: Any = None,
+                 **config_overrides_: Any) -> dict[str, Any]:
+    """What makes a run the same run: model, LoRA shape, data, rewards and every setting of the optimisation,
+    from `config` when given (a GRPOConfig, changes made to it included), else the profile's with the overrides."""
     funcs, weights = default_rewards(reward_funcs, reward_weights)
-    values = {**grpo_config_values(profile, "", weights), **config_overrides}
+    if config is None:
+        config = build_grpo_config(profile, config_overrides_.pop("output_dir", None), weights, **config_overrides_)
+    values = {**{k: getattr(config, k) for k in grpo_config_values(profile, "")}, **config_overrides(config, profile)}
     targets = profile.lora_target_modules
     return {
         "profile": profile.name,
@@ -129,7 +163,9 @@ def run_identity(profile: Profile, reward_funcs: Sequence[RewardFunc] | None = N
                  "target_modules": targets if isinstance(targets, str) else sorted(targets)},
         "data": {"source": profile.data_source, "train_limit": profile.train_limit},
         "rewards": [getattr(f, "__name__", type(f).__name__) for f in funcs],
-        "grpo_config": {k: v for k, v in sorted(values.items()) if k not in BOOKKEEPING},
+        "processes": backends.world_size(),  # a step's batch is per_device_train_batch_size x processes
+        "grpo_config": {k: _plain(v) if not isinstance(v, list) else v
+                        for k, v in sorted(values.items()) if k not in BOOKKEEPING},
     }
 
 
@@ -138,62 +174,54 @@ def run_id(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-
-
-
-
-# --- complete checkpoints ---------------------------------------------------------------------------
-
-
-
-def checkpoints_dir_for(profile: Profile, config_overrides: dict[str, Any]) -> Path:
-    """Where the trainer checkpoints: an `output_dir` override, else <artifacts>/<profile>/checkpoints."""
-    return Path(config_overrides.get("output_dir") or paths.checkpoints_dir(profile.name))
-
-
 def resume_step(profile: Profile, model: Any = None, reward_funcs: Sequence[RewardFunc] | None = None,
-                reward_weights: Sequence[float] | None = None, **config_overrides: Any) -> int:
-    """The step train_grpo(resume=True) with these arguments would continue from (0: it would start afresh).
-
-    `model` is accepted to mirror train_grpo's arguments; the run identity does not depend on it."""
-    identity = run_identity(profile, reward_funcs, reward_weights, **config_overrides)
-    checkpoint = latest_checkpoint(checkpoints_dir_for(profile, config_overrides), run_id(identity))
+                reward_weights: Sequence[float] | None = None, config: Any = None, **config_overrides_: Any) -> int:
+    """The step train_grpo(resume=True) with these arguments would continue from (0: afresh); `model` is unused."""
+    funcs, weights = default_rewards(reward_funcs, reward_weights)
+    if config is None:
+        config = build_grpo_config(profile, config_overrides_.pop("output_dir", None), weights, **config_overrides_)
+    checkpoint = latest_checkpoint(Path(config.output_dir), run_id(run_identity(profile, funcs, weights, config)))
     return checkpoint_step(checkpoint) if checkpoint else 0
 
 
-
-
 def build_trainer(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
-                  reward_funcs: Sequence[Callable[..., list[float]]] | None = None,
-                  reward_weights: Sequence[float] | None = None, callbacks: Sequence[Any] = (),
-                  **config_overrides: Any) -> Any:
-    """A TRL GRPOTrainer for the profile, checkpointing to <artifacts>/<profile>/checkpoints.
-
-    vLLM is used when the model has a vLLM engine; a profile asking for vLLM without one is a
-    VLLMUnavailableError, not a silently ~10x slower run."""
+                  reward_funcs: Sequence[RewardFunc] | None = None, reward_weights: Sequence[float] | None = None,
+                  callbacks: Sequence[Any] = (), config: Any = None, redraw_every_s: float = 15.0,
+                  **config_overrides_: Any) -> Any:
+    """TRL's GRPOTrainer for the profile (or for `config`), with the live-curves and run-file callbacks attached.
+    A profile asking for vLLM with a model that has no vLLM engine is a VLLMUnavailableError, not a ~10x slower run."""
     require_vllm(model, profile)
-    import_unsloth()
+    prepare_backend(profile)
     from trl import GRPOTrainer
 
     reward_funcs, reward_weights = default_rewards(reward_funcs, reward_weights)
-    config = build_grpo_config(profile, paths.checkpoints_dir(profile.name), reward_weights, model=model,
-                               **config_overrides)
+    if config is None:
+        config = build_grpo_config(profile, config_overrides_.pop("output_dir", None), reward_weights, model=model,
+                                   **config_overrides_)
+    elif config_overrides_:
+        raise ValueError("build_trainer takes a config or config overrides, not both: pass the overrides to "
+                         "build_grpo_config, or set them on the config.")
+    identity = run_identity(profile, reward_funcs, reward_weights, config)
+    run = run_callback({"run_id": run_id(identity), "identity": identity, "config": config})
     align_sampling_defaults(model, config)
     # TRL stops and masks each completion at tokenizer.eos_token_id (one id) and Unsloth's loss takes
     # every pad id in a prompt for padding: both must match the chat template (chat_tokens.py).
     for change in align_special_tokens(tokenizer, model):
         print(f"Tokenizer: {change}")
-    return GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=list(reward_funcs), args=config,
-                       train_dataset=train_dataset, callbacks=list(callbacks))
+    # A copy: trainers change their args (Unsloth's sets top_k, use_vllm, ...); the run is the config as given.
+    trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=list(reward_funcs),
+                          args=copy.copy(config), train_dataset=train_dataset,
+                          callbacks=[live_metrics_callback(profile, redraw_every_s), run, *callbacks])
+    run.progress = list(trainer.callback_handler.callbacks)  # the progress bar comes after the run callback
+    backends.finish_trainer(trainer, profile)  # "trl" backend: LoRA trainable after TRL's 4-bit preparation
+    return trainer
 
 
 def align_sampling_defaults(model: Any, config: Any) -> None:
     """Make HF generate sample at the config's temperature/top_p, as the GRPO loss assumes.
 
-    transformers replaces generation settings left at their global defaults (temperature 1.0,
-    top_p 1.0) with the model's own (Llama 3.1 ships 0.6 / 0.9), so TRL's HF-generate path would
-    sample at 0.6 while scoring log-probs at the config's temperature: off-policy without a word.
-    """
+    transformers replaces settings left at their global defaults (temperature 1.0, top_p 1.0) with the model's
+    own (Llama 3.1: 0.6 / 0.9): TRL would sample at 0.6 and score at the config's temperature, off-policy."""
     generation_config = getattr(model, "generation_config", None)
     if generation_config is not None:
         generation_config.temperature = config.temperature
@@ -203,10 +231,8 @@ def align_sampling_defaults(model: Any, config: Any) -> None:
 
 @dataclass(frozen=True)
 class TrainingResult:
-    """What a training run left behind.
-
-    Stopped by `stop_after` before max_steps: `stopped_early` is True and `adapter_dir` None (no adapter or
-    card saved); `checkpoint` is where `train_grpo(..., resume=True)` continues this run."""
+    """What a training run left behind. Stopped by `stop_after` before max_steps: `stopped_early` is True and
+    `adapter_dir` None (no adapter or card yet); `checkpoint` is where `train_grpo(..., resume=True)` continues."""
 
     adapter_dir: Path | None
     resumed_from: str | None
@@ -231,31 +257,51 @@ def reward_summary(metrics_csv: str | Path, window: int = 10) -> dict[str, float
     return summary
 
 
+class RewardDidNotRise(NotebookStop):
+    """The reward at the end of training is not clearly above its start."""
+
+
+def check_reward_rose(metrics_csv: str | Path) -> str:
+    """One line comparing the mean logged reward of the run's first and last quarter; RewardDidNotRise unless the
+    rise is more than twice its noise (the standard error of the difference, from the step-to-step spread)."""
+    series = [float(v) for v in metrics_table(read_metrics(metrics_csv)).get("reward", []) if not math.isnan(v)]
+    steps = len(series) // 4
+    if steps < 2:
+        raise ValueError(f"{metrics_csv} has {len(series)} logged rewards; comparing quarters needs at least 8.")
+    first, last = series[:steps], series[-steps:]
+    noise = math.sqrt((statistics.variance(first) + statistics.variance(last)) / steps)
+    rise = statistics.mean(last) - statistics.mean(first)
+    line = f"Mean reward, first {steps} logged steps {sum(first) / steps:.3f}, last {steps} {sum(last) / steps:.3f}: " \
+           f"{rise:+.3f} (noise {noise:.3f})."
+    if rise <= 2 * noise:
+        raise RewardDidNotRise(line + " The adapter is saved but has likely learnt little. frac_reward_zero_std "
+                               "near 1: raise temperature or num_generations; else learning_rate or MAX_STEPS.")
+    return line
+
+
 def training_summary(trainer: Any, profile: Profile, resumed_from: str | None, metrics_csv: Path,
                      run: dict[str, Any]) -> dict[str, Any]:
     """The adapter card: run, steps, rewards, the config as trained and the package versions."""
+    fields = [*grpo_config_values(profile, ""), *run["identity"]["grpo_config"]]  # no GRPOConfig built after training
     return {
-        "profile": profile.name,
-        "base_model": profile.model_name,
-        "global_step": trainer.state.global_step,
-        "max_steps": trainer.args.max_steps,
-        "resumed_from": resumed_from,
-        "run_id": run["run_id"],
-        "run": run["identity"],
+        "profile": profile.name, "base_model": profile.model_name,
+        "global_step": trainer.state.global_step, "max_steps": trainer.args.max_steps, "resumed_from": resumed_from,
+        "run_id": run["run_id"], "run": run["identity"],
         "rewards": [getattr(f, "__name__", str(f)) for f in trainer.reward_funcs],
         "reward_weights": list(trainer.args.reward_weights or []),
         "reward_summary": reward_summary(metrics_csv),
-        "grpo_config": {k: getattr(trainer.args, k) for k in grpo_config_values(profile, "")
+        "grpo_config": {k: getattr(trainer.args, k) for k in dict.fromkeys(fields)
                         if k != "output_dir" and hasattr(trainer.args, k)},  # as trained, overrides included
-        "versions": installed_versions(),
-        "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "versions": installed_versions(), "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception as one short line: `Type: message`."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+def _own_callbacks(trainer: Any) -> tuple[Any, Any]:
+    """The live-metrics and run callbacks build_trainer attached to `trainer`."""
+    found = {type(cb).__name__: cb for cb in trainer.callback_handler.callbacks}
+    if not set(OWN_CALLBACKS) <= set(found):
+        raise ValueError("train_grpo(trainer=...) takes a trainer from training.build_trainer (curves, run file).")
+    return found[OWN_CALLBACKS[0]], found[OWN_CALLBACKS[1]]
 
 
 def _start_from(checkpoint: str | None, metrics: Any, destination: Path) -> None:
@@ -269,64 +315,73 @@ def _start_from(checkpoint: str | None, metrics: Any, destination: Path) -> None
     print(f"Resuming from {checkpoint} (the newest complete checkpoint of this run){redo}.")
 
 
-def _train_from_newest(build: Callable[[], tuple[Any, Any]], candidates: list[str], metrics: Any,
+def _train_from_newest(trainer: Any, rebuild: Callable[[Any], Any], candidates: list[str],
                        destination: Path) -> tuple[Any, str | None]:
-    """Train from the newest checkpoint that loads (none: from scratch); one that fails to load is moved aside."""
+    """Train from the newest checkpoint that loads (none: from scratch); one that fails to load is moved aside,
+    and the next attempt gets `rebuild(trainer)`, a fresh trainer (a failed load can leave one half set up)."""
     remaining = list(candidates)
     while True:
+        if not hasattr(trainer.accelerator.state, "distributed_type"):  # a GRPOConfig or Trainer made since reset it
+            trainer = rebuild(trainer)
         checkpoint = remaining.pop(0) if remaining else None
-        _start_from(checkpoint, metrics, destination)
-        trainer, run_cb = build()
+        _start_from(checkpoint, _own_callbacks(trainer)[0], destination)
         try:
             trainer.train(resume_from_checkpoint=checkpoint)
             return trainer, checkpoint
         except Exception as exc:
-            if checkpoint is None or run_cb.began:  # training itself failed: not a loading problem
+            if checkpoint is None or _own_callbacks(trainer)[1].began:  # training itself failed: not a loading problem
                 raise
-            set_aside([Path(checkpoint)], destination, f"failed to load: {_one_line(exc)}")
+            one_line = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            set_aside([Path(checkpoint)], destination, f"failed to load: {one_line}")
             if not remaining:  # the model may hold half-loaded weights: not a clean start from scratch
                 raise RuntimeError(
                     f"No checkpoint of this run could be loaded (moved aside to {destination}). Restart the "
                     "runtime (Colab: Runtime > Restart session) and run this notebook again: training starts "
                     "from scratch.") from exc
             print(f"Falling back to {remaining[0]}.")
-            del trainer
+            trainer = rebuild(trainer)
             gc.collect()
 
 
 def train_grpo(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
-               reward_funcs: Sequence[Callable[..., list[float]]] | None = None,
-               reward_weights: Sequence[float] | None = None, resume: bool = True,
-               redraw_every_s: float = 15.0, callbacks: Sequence[Any] = (), stop_after: int | None = None,
-               **config_overrides: Any) -> TrainingResult:
+               reward_funcs: Sequence[RewardFunc] | None = None, reward_weights: Sequence[float] | None = None,
+               resume: bool = True, redraw_every_s: float | None = None, callbacks: Sequence[Any] = (),
+               stop_after: int | None = None, trainer: Any = None, **config_overrides_: Any) -> TrainingResult:
     """Train with GRPO, continuing this run from its newest complete checkpoint, then save the adapter and card.
 
-    resume=False moves every checkpoint and the old curves aside and starts a new run. `stop_after`
-    trains as usual (same config, max_steps and LR schedule) but stops once global_step reaches it (after
-    at least one step), saving a checkpoint and no adapter: the result has stopped_early=True and
-    adapter_dir=None, and a later call with resume=True continues this run to max_steps."""
+    `trainer`: one from build_trainer, used once (else built from the profile, rewards and overrides).
+    resume=False moves every checkpoint and the old curves aside: a new run. `stop_after` trains as usual (same
+    max_steps and LR schedule) but stops, checkpointed, once global_step reaches it: no adapter yet
+    (stopped_early=True, adapter_dir=None), and a later call with resume=True continues this run."""
     require_vllm(model, profile)  # before anything is moved or written
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be a step number >= 1 (or None), not {stop_after!r}")
-    reward_funcs, reward_weights = default_rewards(reward_funcs, reward_weights)
-    identity = run_identity(profile, reward_funcs, reward_weights, **config_overrides)
-    run = {"run_id": run_id(identity), "identity": identity}
-    output_dir = checkpoints_dir_for(profile, config_overrides)
-    metrics = live_metrics_callback(profile, redraw_every_s)
+    if trainer is None:
+        trainer = build_trainer(model, tokenizer, train_dataset, profile, reward_funcs, reward_weights, callbacks,
+                                redraw_every_s=15.0 if redraw_every_s is None else redraw_every_s, **config_overrides_)
+    elif reward_funcs or reward_weights or callbacks or config_overrides_ or redraw_every_s is not None:
+        raise ValueError("With trainer=..., rewards, callbacks, config and redraw_every_s come from the trainer: "
+                         "pass them to training.build_trainer instead.")
+    metrics, run_cb = _own_callbacks(trainer)
+    if run_cb.began:
+        raise ValueError("This trainer has trained already; build a new one with training.build_trainer.")
+    run_cb.stop_after, run, config = stop_after, run_cb.run, run_cb.run["config"]
+    output_dir = Path(config.output_dir)
     destination = aside_folder(output_dir)
     candidates = prepare_checkpoints(output_dir, run["run_id"], resume, destination,
                                      [metrics.metrics_path, metrics.png_path])
     if on_drive(output_dir):
-        print(DRIVE_TRASH_NOTE.format(keep=config_overrides.get("save_total_limit", profile.save_total_limit)))
+        print(DRIVE_TRASH_NOTE.format(keep=config.save_total_limit))
 
-    def build() -> tuple[Any, Any]:
-        run_cb = run_callback(run, stop_after)
-        trainer = build_trainer(model, tokenizer, train_dataset, profile, reward_funcs, reward_weights,
-                                callbacks=[metrics, run_cb, *callbacks], **config_overrides)
-        run_cb.progress = list(trainer.callback_handler.callbacks)  # the progress bar comes after run_cb
-        return trainer, run_cb
+    def rebuild(old: Any) -> Any:
+        extra = [cb for cb in old.callback_handler.callbacks if type(cb).__name__ not in OWN_CALLBACKS
+                 and not type(cb).__module__.startswith(("transformers.", "trl.", "unsloth"))]
+        fresh = build_trainer(model, tokenizer, train_dataset, profile, old.reward_funcs, config.reward_weights, extra,
+                              config=config, redraw_every_s=metrics.redraw_every_s)
+        _own_callbacks(fresh)[1].stop_after = stop_after
+        return fresh
 
-    trainer, checkpoint = _train_from_newest(build, candidates, metrics, destination)
+    trainer, checkpoint = _train_from_newest(trainer, rebuild, candidates, destination)
     step, newest = trainer.state.global_step, latest_checkpoint(output_dir, run["run_id"])
     summary = training_summary(trainer, profile, checkpoint, metrics.metrics_path, run)
     if stop_after is not None and step < trainer.args.max_steps:
@@ -335,8 +390,10 @@ def train_grpo(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
         return TrainingResult(None, checkpoint, step, metrics.metrics_path, metrics.png_path, summary,
                               stopped_early=True, run_id=run["run_id"], checkpoint=newest)
     adapter = paths.adapter_dir(profile.name)
-    save_adapter(trainer.model, tokenizer, adapter)
-    (adapter / ADAPTER_INFO_FILE).write_text(json.dumps(summary, indent=2, default=str))
-    print(f"Saved the LoRA adapter and {ADAPTER_INFO_FILE} to {adapter}")
+    if backends.is_main_process():  # one writer under accelerate launch; DDP keeps every process's weights equal
+        save_adapter(trainer.model, tokenizer, adapter)
+        (adapter / ADAPTER_INFO_FILE).write_text(json.dumps(summary, indent=2, default=str))
+        print(f"Saved the LoRA adapter and {ADAPTER_INFO_FILE} to {adapter}")
+    backends.wait_for_everyone()
     return TrainingResult(adapter, checkpoint, step, metrics.metrics_path, metrics.png_path, summary,
                           run_id=run["run_id"], checkpoint=newest)

@@ -95,9 +95,9 @@ def test_bootstrap_cell_is_the_one_install_py_writes(path):
         "run `python scripts/sync_release.py`")
 
 
-def test_only_the_rewards_notebook_takes_the_light_kit():
+def test_only_the_rewards_and_objective_notebooks_take_the_light_kit():
     assert set(install.NOTEBOOK_KITS) == {p.stem for p in NOTEBOOKS}
-    assert {stem for stem, kit in install.NOTEBOOK_KITS.items() if kit == "light"} == {"02_rewards"}
+    assert {stem for stem, kit in install.NOTEBOOK_KITS.items() if kit == "light"} == {"02_rewards", "03_objective"}
 
 
 def test_every_badge_and_image_link_points_at_the_release():

@@ -78,7 +78,7 @@ def test_the_run_is_its_optimisation_settings_not_its_bookkeeping():
     assert training.run_id(training.run_identity(FAST.replace(max_steps=500, save_steps=7, logging_steps=5,
                                                               save_total_limit=9))) == same
     assert training.run_id(training.run_identity(FAST, output_dir="/elsewhere", report_to="tensorboard")) == same
-    for change in ({"learning_rate": 1e-4}, {"num_generations": 8}, {"beta": 0.04}, {"seed": 1},
+    for change in ({"learning_rate": 1e-4}, {"num_generations": 2}, {"beta": 0.04}, {"seed": 1},
                    {"lora_rank": 8}, {"train_limit": 32}, {"model_name": "other"}):
         assert training.run_id(training.run_identity(FAST.replace(**change))) != same, change
     assert training.run_id(training.run_identity(FAST, top_p=0.9)) != same  # an override that shapes the run
@@ -171,8 +171,24 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(artifacts,
     (checkpoint_dir / "checkpoint-2" / "optimizer.pt").write_bytes(b"passes the cheap checks, fails to load")
     capsys.readouterr()
 
-    result = training.train_grpo(model, tokenizer, train_set, profile, **QUIET)
+    # The notebook's way: TRL's config and trainer built in view, then trained; a failed load rebuilds the trainer
+    # with the same config and callbacks.
+    from transformers import TrainerCallback
+
+    class StepCounter(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            StepCounter.steps += 1
+
+    config = training.build_grpo_config(profile, model=model)
+    trainer = training.build_trainer(model, tokenizer, train_set, profile, callbacks=[StepCounter()], config=config,
+                                     **QUIET)
+    training.config_table(config, profile)  # a GRPOConfig made after the trainer resets accelerate's state under it
+    result = training.train_grpo(model, tokenizer, train_set, profile, trainer=trainer)
     out = capsys.readouterr().out
+    assert StepCounter.steps == profile.max_steps - 1  # carried to the rebuilt trainers, the last trained steps 2-4
+    assert trainer.args is not config and config.output_dir == str(checkpoint_dir)  # each trainer has its own copy
     assert result.resumed_from == str(checkpoint_dir / "checkpoint-1") and result.global_step == profile.max_steps
     assert "checkpoint-3 (incomplete, adapter_model.safetensors is" in out
     assert "checkpoint-2 (failed to load" in out and f"Falling back to {checkpoint_dir / 'checkpoint-1'}" in out
@@ -225,12 +241,15 @@ def test_stop_after_then_resume_reaches_max_steps_as_the_same_run(artifacts, loa
     assert run_file["run_id"] == first.run_id and run_file["global_step"] == 2
     assert training.resume_step(FAST, model) == 2
 
-    result = training.train_grpo(model, tokenizer, train_set, FAST, **QUIET)
+    trainer = training.build_trainer(model, tokenizer, train_set, FAST, **QUIET)
+    result = training.train_grpo(model, tokenizer, train_set, FAST, trainer=trainer)
     assert not result.stopped_early and result.global_step == FAST.max_steps and result.run_id == first.run_id
     assert result.resumed_from == first.checkpoint
     assert [checkpoints.checkpoint_run_id(f) for f in checkpoints.checkpoint_folders(checkpoint_dir)] == [first.run_id] * 2
     card = json.loads((result.adapter_dir / training.ADAPTER_INFO_FILE).read_text())
     assert card["global_step"] == FAST.max_steps and card["run_id"] == first.run_id
+    with pytest.raises(ValueError, match="has trained already; build a new one"):
+        training.train_grpo(model, tokenizer, train_set, FAST, trainer=trainer)
 
 
 # --- vLLM or a clear stop --------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from grpo_helpers import callbacks, checkpoints, data, modeling, paths, rewards,
 from grpo_helpers.profiles import PROFILES, ProfileError
 
 TINY = PROFILES["tiny"]
+WARM_TINY_FOLDER = "warm-tiny-llama"  # under the session's temp root: built once (test_objective uses it too)
+LEARN_STEPS = 20  # the learning check's run: the first quarter of the tiny profile's 80 steps
 
 
 def test_config_follows_the_profile(tmp_path):
@@ -40,6 +42,54 @@ def test_an_unknown_override_is_an_error_listing_the_valid_names(tmp_path):
     assert (config.adam_beta1, config.adam_beta2) == (0.9, 0.99)
 
 
+def test_config_table_shows_every_field_and_who_set_it(tmp_path):
+    import dataclasses
+
+    config = training.build_grpo_config(TINY, tmp_path, rewards.DEFAULT_REWARD_WEIGHTS, top_p=0.9)
+    table = training.config_table(config, TINY)
+    assert set(table.index) == {f.name for f in dataclasses.fields(config) if f.init}  # every field, TRL's too
+    assert table.loc["loss_type", "set by"] == "profile" and table.loc["loss_type", "value"] == TINY.loss_type
+    assert table.loc["mask_truncated_completions", "set by"] == "grpo_helpers"
+    assert table.loc["top_p", "set by"] == "override" and table.loc["top_p", "value"] == "0.9"
+    assert table.loc["steps_per_generation", "set by"] == "TRL, derived"  # None by default, then GAS
+    assert table.loc["delta", "set by"] == "" and table.loc["delta", "value"] == table.loc["delta", "default"]
+    assert list(table["set by"].drop_duplicates()) == ["profile", "grpo_helpers", "override", "TRL, derived", ""]
+
+
+def test_the_run_is_the_config_as_built_changes_included(artifacts):
+    config = training.build_grpo_config(TINY)
+    same = training.run_id(training.run_identity(TINY))
+    assert training.run_id(training.run_identity(TINY, config=config)) == same
+    assert training.resume_step(TINY, config=config) == 0
+    config.learning_rate = 1e-3  # a change made to the config object after building it is a different run
+    assert training.run_id(training.run_identity(TINY, config=config)) != same
+    assert training.config_overrides(config, TINY) == {"learning_rate": 1e-3}
+
+
+def test_train_grpo_takes_only_a_trainer_from_build_trainer():
+    stranger = SimpleNamespace(callback_handler=SimpleNamespace(callbacks=[]))
+    with pytest.raises(ValueError, match="takes a trainer from training.build_trainer"):
+        training.train_grpo(None, None, None, TINY, trainer=stranger)
+    with pytest.raises(ValueError, match="pass them to training.build_trainer instead"):
+        training.train_grpo(None, None, None, TINY, trainer=stranger, callbacks=[object()])
+
+
+def _metrics(path, rewards_per_step):
+    path.write_text("step,epoch,name,value,wall_time\n" + "".join(
+        f"{step},0,reward,{value},0\n" for step, value in enumerate(rewards_per_step, 1)))
+    return path
+
+
+def test_the_reward_rose_only_when_the_rise_beats_its_noise(tmp_path):
+    rising = [0.5, 0.7, 0.4, 0.6] + [0.8, 1.0] * 2 + [1.3, 1.5, 1.2, 1.4]
+    assert training.check_reward_rose(_metrics(tmp_path / "up.csv", rising)).startswith(
+        "Mean reward, first 3 logged steps 0.533, last 3 1.367: +0.833")
+    with pytest.raises(training.RewardDidNotRise, match=r"\+0.000 \(noise"):
+        training.check_reward_rose(_metrics(tmp_path / "flat.csv", [0.5, 1.5, 1.0] * 4))
+    with pytest.raises(ValueError, match="7 logged rewards; comparing quarters needs at least 8"):
+        training.check_reward_rose(_metrics(tmp_path / "short.csv", [1.0] * 7))
+
+
 def test_latest_checkpoint_skips_half_written_ones(tmp_path):
     assert checkpoints.latest_checkpoint(tmp_path / "none") is None
     for step in (5, 10, 15, 20):
@@ -59,7 +109,8 @@ def test_callback_appends_metrics_and_draws_curves(artifacts):
     for step in range(1, 5):
         logs = {"reward": 0.5 + step / 10, "rewards/correctness_reward/mean": step / 10,
                 "completions/mean_length": 40.0 - step, "kl": 0.01 * step, "note": "text is skipped"}
-        callback.on_log(None, SimpleNamespace(global_step=step, epoch=step / 100), None, logs=logs)
+        callback.on_log(None, SimpleNamespace(global_step=step, epoch=step / 100, is_world_process_zero=True), None,
+                        logs=logs)
     table = callbacks.read_metrics(callback.metrics_path)
     assert len(table) == 4 * 4 and set(table["name"]) == {"reward", "rewards/correctness_reward/mean",
                                                           "completions/mean_length", "kl"}
@@ -70,9 +121,9 @@ def test_callback_appends_metrics_and_draws_curves(artifacts):
 
 @pytest.fixture(scope="module")
 def warm_tiny_dir(tmp_path_factory):
-    """The tiny model exactly as the tiny profile builds it (with its warm start), built once."""
+    """The tiny model exactly as the tiny profile builds it (with its warm start), built once per session."""
     spec = tiny.TinySpec(warm_start_steps=TINY.warm_start_steps)
-    return tiny.ensure_tiny_model(tmp_path_factory.mktemp("warm") / "tiny-llama", spec=spec)
+    return tiny.ensure_tiny_model(tmp_path_factory.getbasetemp() / WARM_TINY_FOLDER, spec=spec)
 
 
 def _load(profile, model_dir):
@@ -94,17 +145,19 @@ def _mean_reward(model, tokenizer, rows, profile, samples=4):
 
 @pytest.mark.slow
 def test_tiny_profile_really_learns(artifacts, warm_tiny_dir):
-    """Held-out mean total reward after GRPO is clearly above before, with a fixed seed."""
-    model, tokenizer = _load(TINY, warm_tiny_dir)
+    """Held-out mean total reward after the first LEARN_STEPS steps of the tiny run is clearly above before.
+
+    CI trains the whole 80-step run once, in notebook 04 (whose last cell checks that its reward rose); this is
+    its first quarter, measured on held-out questions: it fails when GRPO stops learning."""
+    profile = TINY.replace(max_steps=LEARN_STEPS)
+    model, tokenizer = _load(profile, warm_tiny_dir)
     held_out = data.synthetic_gsm8k(64, seed=999)  # not the training seed
-    before = _mean_reward(model, tokenizer, held_out, TINY)
-    result = training.train_grpo(model, tokenizer, data.load_gsm8k("train", TINY), TINY, redraw_every_s=1e9)
-    after = _mean_reward(model, tokenizer, held_out, TINY)
+    before = _mean_reward(model, tokenizer, held_out, profile)
+    result = training.train_grpo(model, tokenizer, data.load_gsm8k("train", profile), profile, redraw_every_s=1e9)
+    after = _mean_reward(model, tokenizer, held_out, profile)
     print(f"held-out mean total reward: before {before:.3f}, after {after:.3f} (max {rewards.MAX_TOTAL_REWARD})")
-    assert after - before > 0.2, f"GRPO did not clearly improve the tiny model: {before:.3f} -> {after:.3f}"
-    assert result.global_step == TINY.max_steps
-    info = json.loads((result.adapter_dir / training.ADAPTER_INFO_FILE).read_text())
-    assert info["reward_summary"]["reward last 10"] > info["reward_summary"]["reward first 10"]
+    assert after - before > 0.1, f"GRPO did not clearly improve the tiny model: {before:.3f} -> {after:.3f}"
+    assert result.global_step == LEARN_STEPS and (result.adapter_dir / training.ADAPTER_INFO_FILE).is_file()
 
 
 class Disconnect(Exception):
