@@ -19,7 +19,7 @@ import time
 
 os.environ.setdefault("GRPO_ARTIFACTS", tempfile.mkdtemp(prefix="bench-training-"))
 
-from grpo_helpers import callbacks, modeling, rewards, tiny, training  # noqa: E402  (modeling imports Unsloth first)
+from grpo_helpers import grpo_config, modeling, rewards, tiny, training  # noqa: E402  (modeling imports Unsloth first)
 from grpo_helpers.data import load_gsm8k  # noqa: E402
 from grpo_helpers.profiles import PROFILES  # noqa: E402
 
@@ -43,9 +43,9 @@ def seconds_per_step(trainer, steps: int) -> float:
 
 def ours(profile, train_set, steps: int, redraw_every_s: float):
     model, tokenizer = modeling.load_model(profile)
-    callback = callbacks.live_metrics_callback(profile, redraw_every_s=redraw_every_s)
-    trainer = training.build_trainer(model, tokenizer, train_set, profile, callbacks=[callback],
-                                     max_steps=steps, save_strategy="no")
+    # The watch scores held-out questions between steps: off here, so the figure is the step itself.
+    trainer = training.build_trainer(model, tokenizer, train_set, profile.replace(watch_questions=0),
+                                     redraw_every_s=redraw_every_s, max_steps=steps, save_strategy="no")
     return seconds_per_step(trainer, steps)
 
 
@@ -59,7 +59,7 @@ def plain_trl(profile, train_set, steps: int):
     model = AutoModelForCausalLM.from_pretrained(path)
     model = get_peft_model(model, LoraConfig(r=profile.lora_rank, lora_alpha=profile.lora_alpha,
                                              target_modules=list(profile.lora_target_modules), task_type="CAUSAL_LM"))
-    config = training.build_grpo_config(profile, tempfile.mkdtemp(), rewards.DEFAULT_REWARD_WEIGHTS,
+    config = grpo_config.build_grpo_config(profile, tempfile.mkdtemp(), rewards.DEFAULT_REWARD_WEIGHTS,
                                         max_steps=steps, save_strategy="no")
     training.align_sampling_defaults(model, config)  # same sampling as ours, or the comparison is unfair
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=rewards.DEFAULT_REWARDS,

@@ -57,7 +57,7 @@ SHARED_PINS = {
     "hf-transfer": "0.1.9",
     "sentencepiece": "0.2.3",
 }
-# Notebook 02 (rewards, the advantage checked against TRL on the tiny CPU model) needs only these:
+# Notebooks 02 and 03 (rewards, advantage and loss checked against TRL on the tiny CPU model) need only these:
 # no vLLM, no Unsloth, no CUDA wheels, and Colab's own torch stays.
 LIGHT_PINS = {name: SHARED_PINS[name] for name in
               ("transformers", "trl", "peft", "accelerate", "datasets", "math-verify", "latex2sympy2-extended")}

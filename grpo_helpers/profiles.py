@@ -47,7 +47,10 @@ class Profile:
     loss_type: str  # GRPOConfig.loss_type: how token losses are averaged; "grpo" per answer then per
     #   batch (short answers weigh more per token), "dapo" over all tokens of the generation batch,
     #   "dr_grpo" by a constant (max_completion_length x answers), "bnpo" over the local batch's tokens
-    epsilon: float  # GRPOConfig.epsilon: the clip range, ratio kept within [1 - eps, 1 + eps]
+    epsilon: float  # GRPOConfig.epsilon: the clip range, ratio kept within [1 - eps, 1 + eps_high]
+    epsilon_high: float  # GRPOConfig.epsilon_high: the clip's upper bound (DAPO's clip-higher: 0.28); = epsilon: PPO's
+    mask_truncated_completions: bool  # GRPOConfig.mask_truncated_completions: answers cut off at
+    #   max_completion_length leave the loss (DAPO's overlong filtering)
     num_iterations: int  # GRPOConfig.num_iterations (mu): updates per generated batch; 1 = on-policy,
     #   the ratio is exactly 1 and the clip never fires; > 1 reuses the batch and the clip starts to matter
     scale_rewards: str  # GRPOConfig.scale_rewards: advantages divided by the std of the "group", the
@@ -144,6 +147,10 @@ T4 = Profile(
     # The objective: TRL 0.22.2's defaults, written out so the notebooks can teach what runs.
     loss_type="dapo",  # every token of the batch weighs the same: long wrong answers are not let off lightly
     epsilon=0.2,  # PPO's and DeepSeekMath's clip; inactive here (num_iterations=1), kept for num_iterations > 1
+    # TRL's defaults, written out because Unsloth's GRPOConfig switches to 0.28 and True when loss_type="dapo" is
+    # named: notebook 03 checks TRL's objective, so this is the one that runs.
+    epsilon_high=0.2,
+    mask_truncated_completions=False,  # a cut-off answer still counts: its missing <answer> tag is penalised
     num_iterations=1,  # one update per generated batch: a second would double the ~15 s update for less new data
     scale_rewards="group",  # DeepSeekMath's advantage: (reward - group mean) / group std
     per_device_train_batch_size=6,  # one question (its 6 answers) per step

@@ -1,13 +1,12 @@
 """GRPO training: TRL's GRPOConfig from the profile, TRL's GRPOTrainer, and a resumable run saved as an adapter.
 
-Notebook 04 builds the three in view: `build_grpo_config` (every field: `config_table`), `build_trainer`, then
-`train_grpo(..., trainer=trainer)`. Which checkpoints are a run's: `checkpoints`; the callbacks: `callbacks`."""
+Notebook 04 builds the three in view: `grpo_config.build_grpo_config` (every field: `grpo_config.config_table`),
+`build_trainer`, then `train_grpo(..., trainer=trainer)`. Which checkpoints are a run's: `checkpoints`; the
+callbacks: `callbacks` and `watch`."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import enum
 import gc
 import hashlib
 import json
@@ -21,120 +20,19 @@ from typing import Any, Callable, Sequence
 from . import backends, paths, rewards
 from .callbacks import live_metrics_callback, read_metrics, run_callback
 from .chat_tokens import align_special_tokens
+from .grpo_config import BOOKKEEPING, build_grpo_config, config_overrides, grpo_config_values, plain_value
 from .checkpoints import (DRIVE_TRASH_NOTE, aside_folder, checkpoint_step, latest_checkpoint, on_drive,
                           prepare_checkpoints, set_aside, truncate_metrics)
-from .generation import uses_vllm
 from .install import installed_versions
 from .modeling import ADAPTER_INFO_FILE, prepare_backend, require_vllm, save_adapter
 from .plotting import metrics_table
-from .profiles import Profile, ProfileError
+from .profiles import Profile
 from .runtime import NotebookStop
+from .watch import watch_callback
 
 RewardFunc = Callable[..., list[float]]
-# GRPOConfig values that do not change the optimisation (another value: the same run). use_vllm, use_cpu and
-# gradient_checkpointing say how a step is computed, not what: falling back from vLLM to HF generate continues it.
-BOOKKEEPING = frozenset({
-    "output_dir", "max_steps", "logging_steps", "logging_first_step", "logging_strategy", "logging_dir",
-    "save_strategy", "save_steps", "save_total_limit", "save_only_model", "report_to", "run_name",
-    "disable_tqdm", "dataloader_num_workers", "use_cpu", "use_vllm", "gradient_checkpointing",
-    "log_completions", "num_completions_to_print", "push_to_hub", "hub_model_id",
-    # the "trl" backend's engine (backends.engine_config_values): where and how generation runs
-    "vllm_mode", "vllm_server_host", "vllm_server_port", "vllm_server_timeout", "vllm_gpu_memory_utilization",
-    "ddp_find_unused_parameters",
-})
 OWN_CALLBACKS = ("LiveMetricsCallback", "RunCallback")  # what build_trainer attaches (callbacks.py)
-
-
-def grpo_config_values(profile: Profile, output_dir: str | Path, reward_weights: Sequence[float] | None = None,
-                       model: Any = None) -> dict[str, Any]:
-    """GRPOConfig keyword arguments for the profile; TRL's defaults fill the rest. `use_vllm` follows the loaded
-    model when one is given (it has a vLLM engine or not), else the profile."""
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    return {
-        "output_dir": str(output_dir),
-        # the batch and the group
-        "per_device_train_batch_size": profile.per_device_train_batch_size, "num_generations": profile.num_generations,
-        "gradient_accumulation_steps": profile.gradient_accumulation_steps,
-        "max_prompt_length": profile.max_prompt_length, "max_completion_length": profile.max_completion_length,
-        "temperature": profile.temperature,
-        # the objective (notebook 03)
-        "loss_type": profile.loss_type, "epsilon": profile.epsilon, "num_iterations": profile.num_iterations,
-        "scale_rewards": profile.scale_rewards, "beta": profile.beta,
-        # On a GPU Unsloth's GRPOConfig turns on DAPO's overlong masking and epsilon_high=0.28 whenever
-        # loss_type="dapo" is named; TRL's values here keep the objective notebook 03 checks against TRL.
-        "epsilon_high": profile.epsilon, "mask_truncated_completions": False,
-        "reward_weights": list(reward_weights) if reward_weights is not None else None,
-        # the optimizer and its schedule
-        "learning_rate": profile.learning_rate, "adam_beta1": profile.adam_beta1, "adam_beta2": profile.adam_beta2,
-        "weight_decay": profile.weight_decay, "optim": profile.optim, "max_grad_norm": profile.max_grad_norm,
-        "lr_scheduler_type": profile.lr_scheduler_type, "warmup_ratio": profile.warmup_ratio,
-        "max_steps": profile.max_steps, "seed": profile.seed,
-        "logging_steps": profile.logging_steps, "save_strategy": "steps", "save_steps": profile.save_steps,
-        "save_total_limit": profile.save_total_limit, "report_to": "none",
-        # how a step is computed
-        "fp16": on_gpu and profile.dtype == "float16", "bf16": on_gpu and profile.dtype == "bfloat16",
-        "use_cpu": not on_gpu, "dataloader_num_workers": 0,
-        "use_vllm": uses_vllm(model) if model is not None else profile.fast_inference,  # the model's own engine
-        # Unsloth sets up LoRA checkpointing in get_peft_model; the Trainer's own (reentrant) kind on
-        # top of it leaves the loss without gradients under TRL 0.22.2 (its GRPOConfig default is True).
-        "gradient_checkpointing": False,
-    }
-
-
-def build_grpo_config(profile: Profile, output_dir: str | Path | None = None,
-                      reward_weights: Sequence[float] | None = tuple(rewards.DEFAULT_REWARD_WEIGHTS), *,
-                      model: Any = None, **overrides: Any) -> Any:
-    """TRL's GRPOConfig for the profile: checkpoints in <artifacts>/<profile>/checkpoints, the default rewards'
-    weights (None: TRL's equal ones); an override GRPOConfig lacks is a ProfileError naming the valid ones."""
-    prepare_backend(profile)  # Unsloth imported (it patches TRL) for its backend, never for "trl"
-    import trl
-    from trl import GRPOConfig
-
-    known = {f.name for f in dataclasses.fields(GRPOConfig)}
-    unknown = sorted(k for k in overrides if k not in known)
-    if unknown:
-        raise ProfileError(f"GRPOConfig (TRL {trl.__version__}) has no field {', '.join(map(repr, unknown))}. "
-                           f"Valid names: {', '.join(sorted(known))}.")
-    output_dir = output_dir if output_dir is not None else paths.checkpoints_dir(profile.name)
-    engine = backends.engine_config_values(profile)  # the "trl" backend's: TRL's vLLM, checkpointing, DDP
-    return GRPOConfig(**{**grpo_config_values(profile, output_dir, reward_weights, model), **engine, **overrides})
-
-
-def config_overrides(config: Any, profile: Profile) -> dict[str, Any]:
-    """The fields of `config` that differ from the profile's own GRPOConfig: overrides, or changes made since."""
-    reference = build_grpo_config(profile, config.output_dir, config.reward_weights, use_vllm=config.use_vllm,
-                                  logging_dir=config.logging_dir)  # TRL stamps logging_dir with the time
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-            if f.init and getattr(config, f.name) != getattr(reference, f.name)}
-
-
-def _plain(value: Any) -> Any:
-    """A config value as shown and fingerprinted: enums by their value, containers and objects as text."""
-    value = value.value if isinstance(value, enum.Enum) else value
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
-
-
-def config_table(config: Any, profile: Profile) -> Any:
-    """Every GRPOConfig field (a DataFrame): its value as built, what grpo_helpers passed, the class default, and
-    what set it (the profile, grpo_helpers, an override, or TRL deriving it from the others)."""
-    import pandas as pd
-
-    passed = grpo_config_values(profile, config.output_dir, config.reward_weights) | {"use_vllm": config.use_vllm}
-    changed = config_overrides(config, profile)
-    rows = []
-    for field in (f for f in dataclasses.fields(config) if f.init):
-        name, value = field.name, getattr(config, field.name)
-        default = field.default if field.default is not dataclasses.MISSING else (
-            field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
-        set_by = ("override" if name in changed else "profile" if name in passed and hasattr(profile, name) else
-                  "grpo_helpers" if name in passed else "TRL, derived" if _plain(value) != _plain(default) else "")
-        shown = changed.get(name, passed.get(name, "")) if set_by else ""
-        rows.append({"field": name, "value": str(_plain(value)), "passed": str(_plain(shown)),
-                     "default": str(_plain(default)), "set by": set_by})
-    order = {"profile": 0, "grpo_helpers": 1, "override": 2, "TRL, derived": 3, "": 4}
-    return pd.DataFrame(rows).set_index("field").sort_values("set by", key=lambda c: c.map(order), kind="stable")
+ATTACHED = (*OWN_CALLBACKS, "WatchCallback")  # ... and the watch (watch.py), when the profile has one
 
 
 def default_rewards(reward_funcs: Sequence[RewardFunc] | None,
@@ -164,7 +62,7 @@ def run_identity(profile: Profile, reward_funcs: Sequence[RewardFunc] | None = N
         "data": {"source": profile.data_source, "train_limit": profile.train_limit},
         "rewards": [getattr(f, "__name__", type(f).__name__) for f in funcs],
         "processes": backends.world_size(),  # a step's batch is per_device_train_batch_size x processes
-        "grpo_config": {k: _plain(v) if not isinstance(v, list) else v
+        "grpo_config": {k: plain_value(v) if not isinstance(v, list) else v
                         for k, v in sorted(values.items()) if k not in BOOKKEEPING},
     }
 
@@ -188,7 +86,7 @@ def build_trainer(model: Any, tokenizer: Any, train_dataset: Any, profile: Profi
                   reward_funcs: Sequence[RewardFunc] | None = None, reward_weights: Sequence[float] | None = None,
                   callbacks: Sequence[Any] = (), config: Any = None, redraw_every_s: float = 15.0,
                   **config_overrides_: Any) -> Any:
-    """TRL's GRPOTrainer for the profile (or for `config`), with the live-curves and run-file callbacks attached.
+    """TRL's GRPOTrainer for the profile (or for `config`), with the live-curves, run-file and watch callbacks.
     A profile asking for vLLM with a model that has no vLLM engine is a VLLMUnavailableError, not a ~10x slower run."""
     require_vllm(model, profile)
     prepare_backend(profile)
@@ -211,7 +109,8 @@ def build_trainer(model: Any, tokenizer: Any, train_dataset: Any, profile: Profi
     # A copy: trainers change their args (Unsloth's sets top_k, use_vllm, ...); the run is the config as given.
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=list(reward_funcs),
                           args=copy.copy(config), train_dataset=train_dataset,
-                          callbacks=[live_metrics_callback(profile, redraw_every_s), run, *callbacks])
+                          callbacks=[live_metrics_callback(profile, redraw_every_s), run,
+                                     *filter(None, [watch_callback(profile, model, tokenizer)]), *callbacks])
     run.progress = list(trainer.callback_handler.callbacks)  # the progress bar comes after the run callback
     backends.finish_trainer(trainer, profile)  # "trl" backend: LoRA trainable after TRL's 4-bit preparation
     return trainer
@@ -374,7 +273,7 @@ def train_grpo(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
         print(DRIVE_TRASH_NOTE.format(keep=config.save_total_limit))
 
     def rebuild(old: Any) -> Any:
-        extra = [cb for cb in old.callback_handler.callbacks if type(cb).__name__ not in OWN_CALLBACKS
+        extra = [cb for cb in old.callback_handler.callbacks if type(cb).__name__ not in ATTACHED
                  and not type(cb).__module__.startswith(("transformers.", "trl.", "unsloth"))]
         fresh = build_trainer(model, tokenizer, train_dataset, profile, old.reward_funcs, config.reward_weights, extra,
                               config=config, redraw_every_s=metrics.redraw_every_s)

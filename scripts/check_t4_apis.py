@@ -38,7 +38,8 @@ RECORD = REPO / "tests" / "t4_api_check.json"
 T4_COMPUTE_CAPABILITY = (7, 5)
 # grpo_helpers' t4 path: these modules and those they import at module level, but for NOT_T4_PATH.
 T4_MODULES = ("modeling", "generation", "training", "export", "evaluation")
-NOT_T4_PATH = {"tiny": "builds the CPU model", "rewards": "its only stack calls are the CPU TRL probe (notebook 02)"}
+NOT_T4_PATH = {"tiny": "builds the CPU model", "objective": "its stack calls are the CPU TRL probes (notebooks 02, 03)",
+               "backends": "the 'trl' backend (accelerate, several GPUs); the t4 profile trains with Unsloth"}
 API_PACKAGES = ("unsloth", "vllm", "trl", "peft", "transformers", "torch")  # calls into these are checked
 RECEIVERS = ("model", "tokenizer", "trainer")  # `<name>.<method>(...)` on these objects is checked via METHODS
 # `**expr` arguments the parser cannot see into: the grpo_helpers function whose returned dict literal they are.

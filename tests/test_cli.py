@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from grpo_helpers import backends, cli, commands, modeling, profiles, runtime, training
+from grpo_helpers import backends, cli, commands, grpo_config, modeling, profiles, runtime, training
 from grpo_helpers.profiles import PROFILES, ProfileError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,14 +137,14 @@ def test_grpo_config_gets_the_server_host_port_and_timeout(tmp_path, monkeypatch
     # this pytest process may have imported Unsloth already, which the "trl" backend refuses; the values are the point
     monkeypatch.setattr(training, "prepare_backend", lambda profile: None)
     profile = KAGGLE.replace(vllm_server_host="10.1.2.3", vllm_server_port=8123, vllm_server_timeout_s=90.0)
-    config = training.build_grpo_config(profile, tmp_path)
+    config = grpo_config.build_grpo_config(profile, tmp_path)
     assert (config.use_vllm, config.vllm_mode) == (True, "server")
     assert (config.vllm_server_host, config.vllm_server_port, config.vllm_server_timeout) == ("10.1.2.3", 8123, 90.0)
     assert config.gradient_checkpointing is False  # set up on the model by add_trl_lora instead
-    colocated = training.build_grpo_config(MULTI, tmp_path)
+    colocated = grpo_config.build_grpo_config(MULTI, tmp_path)
     assert colocated.vllm_mode == "colocate" and colocated.vllm_gpu_memory_utilization == MULTI.gpu_memory_utilization
     # where generation runs is not what the run is: a server elsewhere continues the same run
-    assert training.run_id(training.run_identity(KAGGLE, config=training.build_grpo_config(KAGGLE, tmp_path))) == \
+    assert training.run_id(training.run_identity(KAGGLE, config=grpo_config.build_grpo_config(KAGGLE, tmp_path))) == \
         training.run_id(training.run_identity(profile, config=config))
 
 
@@ -296,7 +296,7 @@ def test_accelerate_configs_load_and_deepspeed_autos_are_all_filled_from_the_pro
         launched.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", json_file)
         assert backends.deepspeed_zero_stage() == stage  # load_trl_model places no device_map under ZeRO-3
     for profile in (MULTI, KAGGLE):
-        args = GRPOConfig(**{**training.grpo_config_values(profile, tmp_path), **backends.engine_config_values(profile)})
+        args = GRPOConfig(**{**grpo_config.grpo_config_values(profile, tmp_path), **backends.engine_config_values(profile)})
         args.fp16, args.bf16 = profile.dtype == "float16", profile.dtype == "bfloat16"  # as on their GPUs
         filled = _filler()(json.loads(Path(json_file).read_text()))
         filled.trainer_config_process(args)

@@ -58,3 +58,16 @@ def test_sibling_modules_are_imported_at_the_top(path):
             names = [f".{node.module}"] if node.module else [f".{a.name}" for a in node.names]
             lazy += [n for n in names if (path.name, n) not in LAZY_SIBLINGS_ALLOWED]
     assert not lazy, f"{path.name} imports {lazy} inside a function"
+
+
+def test_every_module_is_named_in_the_readme_layout_and_the_package_docstring():
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    layout = readme[readme.index("grpo_helpers/  the small package"):readme.index("configs/ ")]
+    docstring = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
+    for path in MODULES:
+        if path.stem != "__init__":
+            name = re.escape(path.stem)
+            assert re.search(rf"\b{name}\b", layout), f"README's Layout does not name {path.stem}"
+            assert re.search(rf"\b{name}\b", docstring), f"grpo_helpers/__init__.py does not name {path.stem}"

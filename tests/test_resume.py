@@ -13,7 +13,7 @@ from unittest import mock
 
 import pytest
 
-from grpo_helpers import callbacks, checkpoints, data, modeling, paths, rewards, training
+from grpo_helpers import callbacks, checkpoints, data, grpo_config, modeling, paths, rewards, training
 from grpo_helpers.profiles import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -181,10 +181,10 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(artifacts,
         def on_step_end(self, args, state, control, **kwargs):
             StepCounter.steps += 1
 
-    config = training.build_grpo_config(profile, model=model)
+    config = grpo_config.build_grpo_config(profile, model=model)
     trainer = training.build_trainer(model, tokenizer, train_set, profile, callbacks=[StepCounter()], config=config,
                                      **QUIET)
-    training.config_table(config, profile)  # a GRPOConfig made after the trainer resets accelerate's state under it
+    grpo_config.config_table(config, profile)  # a GRPOConfig made after the trainer resets accelerate's state under it
     result = training.train_grpo(model, tokenizer, train_set, profile, trainer=trainer)
     out = capsys.readouterr().out
     assert StepCounter.steps == profile.max_steps - 1  # carried to the rebuilt trainers, the last trained steps 2-4
@@ -286,8 +286,8 @@ def test_loading_for_vllm_without_it_stops_right_after_loading(tiny_model_dir):
 
 def test_use_vllm_follows_the_model(tmp_path, monkeypatch):
     with_engine, without = SimpleNamespace(vllm_engine=object()), SimpleNamespace()
-    assert training.grpo_config_values(TINY, tmp_path, model=with_engine)["use_vllm"] is True
-    assert training.grpo_config_values(T4_LIKE, tmp_path, model=without)["use_vllm"] is False
+    assert grpo_config.grpo_config_values(TINY, tmp_path, model=with_engine)["use_vllm"] is True
+    assert grpo_config.grpo_config_values(T4_LIKE, tmp_path, model=without)["use_vllm"] is False
     monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
     assert modeling.vllm_problem() == modeling.VLLM_IMPORTS_FINE
     assert "vLLM imported fine but Unsloth loaded the model without it" in str(modeling.vllm_unavailable(T4_LIKE))

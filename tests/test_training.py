@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 
-from grpo_helpers import callbacks, checkpoints, data, modeling, paths, rewards, tiny, training
+from grpo_helpers import callbacks, checkpoints, data, grpo_config, modeling, paths, rewards, tiny, training
 from grpo_helpers.profiles import PROFILES, ProfileError
 
 TINY = PROFILES["tiny"]
@@ -16,7 +16,7 @@ LEARN_STEPS = 20  # the learning check's run: the first quarter of the tiny prof
 
 
 def test_config_follows_the_profile(tmp_path):
-    config = training.build_grpo_config(TINY, tmp_path, rewards.DEFAULT_REWARD_WEIGHTS)
+    config = grpo_config.build_grpo_config(TINY, tmp_path, rewards.DEFAULT_REWARD_WEIGHTS)
     assert config.num_generations == TINY.num_generations and config.max_steps == TINY.max_steps
     assert config.max_completion_length == TINY.max_completion_length and config.temperature == TINY.temperature
     assert config.reward_weights == rewards.DEFAULT_REWARD_WEIGHTS
@@ -25,7 +25,7 @@ def test_config_follows_the_profile(tmp_path):
 
 
 def test_t4_values_are_fp16_vllm_and_fit_a_group_per_step(tmp_path):
-    values = training.grpo_config_values(PROFILES["t4"], tmp_path)
+    values = grpo_config.grpo_config_values(PROFILES["t4"], tmp_path)
     assert values["use_vllm"] is True and values["optim"] == "paged_adamw_8bit"
     assert values["bf16"] is False  # a T4 has no bf16, on any machine
     batch = values["per_device_train_batch_size"] * values["gradient_accumulation_steps"]
@@ -34,10 +34,10 @@ def test_t4_values_are_fp16_vllm_and_fit_a_group_per_step(tmp_path):
 
 def test_an_unknown_override_is_an_error_listing_the_valid_names(tmp_path):
     with pytest.raises(ProfileError, match=r"no field 'vllm_turbo_mode'.*Valid names: .*num_iterations"):
-        training.build_grpo_config(TINY, tmp_path, vllm_turbo_mode=True)
+        grpo_config.build_grpo_config(TINY, tmp_path, vllm_turbo_mode=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the profile's own values all exist in the pinned TRL
-        config = training.build_grpo_config(PROFILES["t4"].replace(fast_inference=False), tmp_path)
+        config = grpo_config.build_grpo_config(PROFILES["t4"].replace(fast_inference=False), tmp_path)
     assert (config.loss_type, config.epsilon, config.num_iterations, config.scale_rewards) == ("dapo", 0.2, 1, "group")
     assert (config.adam_beta1, config.adam_beta2) == (0.9, 0.99)
 
@@ -45,8 +45,8 @@ def test_an_unknown_override_is_an_error_listing_the_valid_names(tmp_path):
 def test_config_table_shows_every_field_and_who_set_it(tmp_path):
     import dataclasses
 
-    config = training.build_grpo_config(TINY, tmp_path, rewards.DEFAULT_REWARD_WEIGHTS, top_p=0.9)
-    table = training.config_table(config, TINY)
+    config = grpo_config.build_grpo_config(TINY, tmp_path, rewards.DEFAULT_REWARD_WEIGHTS, top_p=0.9)
+    table = grpo_config.config_table(config, TINY)
     assert set(table.index) == {f.name for f in dataclasses.fields(config) if f.init}  # every field, TRL's too
     assert table.loc["loss_type", "set by"] == "profile" and table.loc["loss_type", "value"] == TINY.loss_type
     assert table.loc["mask_truncated_completions", "set by"] == "grpo_helpers"
@@ -57,13 +57,13 @@ def test_config_table_shows_every_field_and_who_set_it(tmp_path):
 
 
 def test_the_run_is_the_config_as_built_changes_included(artifacts):
-    config = training.build_grpo_config(TINY)
+    config = grpo_config.build_grpo_config(TINY)
     same = training.run_id(training.run_identity(TINY))
     assert training.run_id(training.run_identity(TINY, config=config)) == same
     assert training.resume_step(TINY, config=config) == 0
     config.learning_rate = 1e-3  # a change made to the config object after building it is a different run
     assert training.run_id(training.run_identity(TINY, config=config)) != same
-    assert training.config_overrides(config, TINY) == {"learning_rate": 1e-3}
+    assert grpo_config.config_overrides(config, TINY) == {"learning_rate": 1e-3}
 
 
 def test_train_grpo_takes_only_a_trainer_from_build_trainer():
