@@ -49,7 +49,8 @@ def test_config_table_shows_every_field_and_who_set_it(tmp_path):
     table = grpo_config.config_table(config, TINY)
     assert set(table.index) == {f.name for f in dataclasses.fields(config) if f.init}  # every field, TRL's too
     assert table.loc["loss_type", "set by"] == "profile" and table.loc["loss_type", "value"] == TINY.loss_type
-    assert table.loc["mask_truncated_completions", "set by"] == "grpo_helpers"
+    assert table.loc["mask_truncated_completions", "set by"] == "profile"  # a knob, though it is TRL's default
+    assert table.loc["report_to", "set by"] == "grpo_helpers"
     assert table.loc["top_p", "set by"] == "override" and table.loc["top_p", "value"] == "0.9"
     assert table.loc["steps_per_generation", "set by"] == "TRL, derived"  # None by default, then GAS
     assert table.loc["delta", "set by"] == "" and table.loc["delta", "value"] == table.loc["delta", "default"]
