@@ -312,7 +312,8 @@ def change_sentence(row: Mapping[str, Any], level: float = SIGNIFICANCE_LEVEL) -
     text = (f"{label.capitalize()} went from {pct(row['base'])} (95% CI {pct(row['base_low'])}-"
             f"{pct(row['base_high'])}) to {pct(row['trained'])} ({pct(row['trained_low'])}-{pct(row['trained_high'])})"
             f" on {n} questions: {100 * row['change']:+.1f} points (95% CI {100 * row['change_low']:+.1f} to "
-            f"{100 * row['change_high']:+.1f}), {row['fixed']} questions fixed and {row['broken']} broken")
+            f"{100 * row['change_high']:+.1f}), {row['fixed']} question{'' if row['fixed'] == 1 else 's'} fixed and "
+            f"{row['broken']} broken")
     if row["fixed"] + row["broken"] == 0:
         return text + f". No question changed outcome: at n = {n} there is no change to tell from noise."
     text += f", exact McNemar p = {row['p_value']:.3g}. "
