@@ -9,7 +9,7 @@ The t4 profile with its model swapped: Unsloth 4-bit + vLLM load and LoRA, N GRP
 settings, stopped at step N/2 (a checkpoint) and resumed to N in a fresh process (a disconnect), the
 adapter saved and reloaded with `load_trained_model`, before/after on K GSM8K questions, the BBP pi
 prompt through the sandbox, LoRA and merged 16-bit export: grpo_helpers' own functions, as the
-notebooks call them. The phases run as child processes, as notebooks 04 and 04 run in separate
+notebooks call them. The phases run as child processes, as notebooks 04 and 05 run in separate
 runtimes (one vLLM engine per process). A failing stage does not stop the stages that do not need it.
 Prints a table at the end and writes the same as JSON to --out/rehearsal.json. Exit code: 0 all
 stages passed, 1 some failed or were skipped, 2 no GPU (without --cpu-dry-run).
