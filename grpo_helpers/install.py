@@ -183,7 +183,7 @@ if importlib.util.find_spec("grpo_helpers") is None:
         why = [line for line in lines if line.startswith(("fatal:", "error: pathspec", "ERROR:"))] or lines[-1:] or ["?"]
         raise SystemExit(f"Could not install grpo_helpers from {{REPO}} at {{REF}}: {{why[0]}}\\n"
                          "Check this runtime is online, that the repository is public and the ref exists; "
-                         "for a fork set {REPO_ENV}/{REF_ENV} (README, 'Forks'), then run this cell again.")
+                         "for a fork set {REPO_ENV}/{REF_ENV} (README, 'A fork or a branch'), then run this cell again.")
 from grpo_helpers.install import bootstrap
 bootstrap("{kit}", REF)
 '''

@@ -19,11 +19,13 @@ from grpo_helpers import install  # noqa: E402
 
 COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)]+/[^/\s)]+/blob/[^/\s)]+/notebooks/([\w.]+\.ipynb)")
 RAW_LINK = re.compile(r"https://raw\.githubusercontent\.com/[^/\s)]+/[^/\s)]+/[^/\s)]+/(assets/[^\s)\"]+)")
+RELEASE_WORDS = re.compile(r"(release \*\*)v[0-9][0-9A-Za-z.+-]*(\*\*)")  # README: "release **v0.3.0**"
 
 
 def sync_text(text: str) -> str:
-    """Point every Colab badge and raw link in `text` at REPO_URL and RELEASE_REF."""
+    """Point every Colab badge, raw link and "release **vX**" in `text` at REPO_URL and RELEASE_REF."""
     text = COLAB_LINK.sub(lambda m: install.colab_url(m.group(1)), text)
+    text = RELEASE_WORDS.sub(lambda m: f"{m.group(1)}{install.RELEASE_REF}{m.group(2)}", text)
     return RAW_LINK.sub(lambda m: install.raw_url(m.group(1)), text)
 
 
