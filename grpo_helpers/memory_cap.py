@@ -298,8 +298,12 @@ class MemoryCap:
 
     def release(self) -> None:
         """Remove the run's cgroup(s); call once its processes are gone."""
-        leftovers = list(_LEFTOVER_GROUPS)
-        del _LEFTOVER_GROUPS[:]
+        leftovers: list[str] = []
+        while _LEFTOVER_GROUPS:  # pop() is atomic: a group another thread adds meanwhile is kept, not lost
+            try:
+                leftovers.append(_LEFTOVER_GROUPS.pop())
+            except IndexError:  # another run's release took the last one
+                break
         _remove_groups(leftovers, attempts=1)
         _remove_groups(list(self.dirs))
 

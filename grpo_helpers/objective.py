@@ -1,7 +1,7 @@
 """The GRPO objective by hand, and TRL's own computation of it to check against (the tiny model, on CPU).
 
 Notebook 02: `group_advantages`, checked by `trl_advantages`. Notebook 03: the loss TRL 0.22.2 minimises,
-token by token (`token_loss`: probability ratio, PPO's clip, k3 KL; `token_weights`: what each loss_type
+token by token (`token_loss`: probability ratio, PPO's clip (upper bound 1 + epsilon_high), k3 KL; `token_weights`: what each loss_type
 divides by; `grpo_loss_by_hand`, `grpo_grad_by_hand`), checked by `trl_loss_check` on one real batch.
 """
 
@@ -124,25 +124,29 @@ def masked_rows(values: Any, mask: Any) -> list[list[float]]:
     return [[float(v) for v, m in zip(row, row_mask) if m] for row, row_mask in zip(values.tolist(), mask.tolist())]
 
 
-def clipped(ratio: float, advantage: float, epsilon: float) -> bool:
-    """True when PPO's clip takes over: the ratio left [1 - eps, 1 + eps] on the side the advantage pushes it to."""
-    return (ratio > 1 + epsilon and advantage > 0) or (ratio < 1 - epsilon and advantage < 0)
+def clipped(ratio: float, advantage: float, epsilon: float, epsilon_high: float | None = None) -> bool:
+    """True when PPO's clip takes over: the ratio left [1 - eps, 1 + eps_high] on the side the advantage pushes it to.
+
+    epsilon_high: the upper bound's own epsilon (DAPO's clip-higher); None: epsilon, as TRL 0.22.2 defaults it."""
+    high = epsilon if epsilon_high is None else epsilon_high
+    return (ratio > 1 + high and advantage > 0) or (ratio < 1 - epsilon and advantage < 0)
 
 
 def token_loss(logp: float, old_logp: float, ref_logp: float | None, advantage: float, epsilon: float,
-               beta: float) -> float:
-    """One token's loss: -min(r A, clip(r, 1 - eps, 1 + eps) A) + beta * k3 KL, with r = pi / pi_old."""
+               beta: float, epsilon_high: float | None = None) -> float:
+    """One token's loss: -min(r A, clip(r, 1 - eps, 1 + eps_high) A) + beta * k3 KL, with r = pi / pi_old."""
     ratio = math.exp(logp - old_logp)
-    surrogate = min(ratio * advantage, min(max(ratio, 1 - epsilon), 1 + epsilon) * advantage)
+    high = epsilon if epsilon_high is None else epsilon_high
+    surrogate = min(ratio * advantage, min(max(ratio, 1 - epsilon), 1 + high) * advantage)
     kl = math.exp(ref_logp - logp) - (ref_logp - logp) - 1 if beta else 0.0
     return -surrogate + beta * kl
 
 
 def token_loss_grad(logp: float, old_logp: float, ref_logp: float | None, advantage: float, epsilon: float,
-                    beta: float) -> float:
+                    beta: float, epsilon_high: float | None = None) -> float:
     """d token_loss / d logp: -r A while the clip is off (0 once it takes over), plus beta * (1 - exp(ref - logp))."""
     ratio = math.exp(logp - old_logp)
-    policy = 0.0 if clipped(ratio, advantage, epsilon) else -ratio * advantage
+    policy = 0.0 if clipped(ratio, advantage, epsilon, epsilon_high) else -ratio * advantage
     return policy + (beta * (1 - math.exp(ref_logp - logp)) if beta else 0.0)
 
 
@@ -170,22 +174,23 @@ def token_weights(lengths: Sequence[int], loss_type: str, max_completion_length:
 
 def grpo_loss_by_hand(logps: list[list[float]], old_logps: list[list[float]], ref_logps: list[list[float]] | None,
                       advantages: Sequence[float], loss_type: str, epsilon: float, beta: float,
-                      max_completion_length: int, **normalisation: int) -> float:
+                      max_completion_length: int, epsilon_high: float | None = None, **normalisation: int) -> float:
     """GRPO's loss from per-token log-probs (a list per answer, real tokens only), as TRL's compute_loss returns it."""
     weights = token_weights([len(row) for row in logps], loss_type, max_completion_length, **normalisation)
     refs = ref_logps or [[0.0] * len(row) for row in logps]
-    return sum(weight * token_loss(lp, old, ref, advantage, epsilon, beta)
+    return sum(weight * token_loss(lp, old, ref, advantage, epsilon, beta, epsilon_high)
                for row, old_row, ref_row, advantage, weight in zip(logps, old_logps, refs, advantages, weights)
                for lp, old, ref in zip(row, old_row, ref_row))
 
 
 def grpo_grad_by_hand(logps: list[list[float]], old_logps: list[list[float]], ref_logps: list[list[float]] | None,
                       advantages: Sequence[float], loss_type: str, epsilon: float, beta: float,
-                      max_completion_length: int, **normalisation: int) -> list[list[float]]:
+                      max_completion_length: int, epsilon_high: float | None = None,
+                      **normalisation: int) -> list[list[float]]:
     """d loss / d log-prob of every token: what the backward pass hands each token's log-prob."""
     weights = token_weights([len(row) for row in logps], loss_type, max_completion_length, **normalisation)
     refs = ref_logps or [[0.0] * len(row) for row in logps]
-    return [[weight * token_loss_grad(lp, old, ref, advantage, epsilon, beta)
+    return [[weight * token_loss_grad(lp, old, ref, advantage, epsilon, beta, epsilon_high)
              for lp, old, ref in zip(row, old_row, ref_row)]
             for row, old_row, ref_row, advantage, weight in zip(logps, old_logps, refs, advantages, weights)]
 
@@ -251,16 +256,18 @@ def probe_rows(questions: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def trl_loss_check(model: Any, tokenizer: Any, rows: list[dict[str, Any]], group_size: int, loss_type: str,
                    epsilon: float, beta: float, temperature: float, max_completion_length: int,
-                   scale_rewards: str = "group", second_pass_lr: float | None = None, seed: int = 0) -> LossCheck:
+                   scale_rewards: str = "group", second_pass_lr: float | None = None, seed: int = 0,
+                   epsilon_high: float | None = None) -> LossCheck:
     """Sample one batch with a real TRL GRPOTrainer, take its compute_loss and gradient, and compute both by hand.
 
     `second_pass_lr`: num_iterations=2; one Adam step at this learning rate on the batch, then the check runs on
-    the same batch again, as TRL's second pass over it would (the ratio moves off 1 and the clip can take over)."""
+    the same batch again, as TRL's second pass over it would (the ratio moves off 1 and the clip can take over).
+    `epsilon_high`: the clip's upper epsilon, GRPOConfig.epsilon_high (None: epsilon, TRL's default)."""
     import torch
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in trainable]
-    settings = dict(loss_type=loss_type, epsilon=epsilon, beta=beta, temperature=temperature, seed=seed,
+    settings = dict(loss_type=loss_type, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta, temperature=temperature, seed=seed,
                     max_completion_length=max_completion_length, max_prompt_length=TINY.max_prompt_length,
                     num_iterations=2 if second_pass_lr else 1)
     with tempfile.TemporaryDirectory() as output_dir:
@@ -279,8 +286,8 @@ def trl_loss_check(model: Any, tokenizer: Any, rows: list[dict[str, Any]], group
             trl_loss.backward()
             trl_grads = [p.grad.detach().clone() for p in trainable]
             model.zero_grad()
-            check = _by_hand(model, inputs, trainer._metrics["train"], trl_grads, loss_type, epsilon, beta,
-                             temperature, max_completion_length, float(trl_loss.detach()), bool(second_pass_lr))
+            check = _by_hand(model, inputs, trainer._metrics["train"], trl_grads, loss_type, epsilon, epsilon_high,
+                             beta, temperature, max_completion_length, float(trl_loss.detach()), bool(second_pass_lr))
         finally:
             with torch.no_grad():
                 for param, value in zip(trainable, saved):
@@ -291,8 +298,8 @@ def trl_loss_check(model: Any, tokenizer: Any, rows: list[dict[str, Any]], group
 
 
 def _by_hand(model: Any, inputs: dict[str, Any], metrics: dict[str, list[float]], trl_grads: list[Any],
-             loss_type: str, epsilon: float, beta: float, temperature: float, max_completion_length: int,
-             trl_loss: float, second_pass: bool) -> LossCheck:
+             loss_type: str, epsilon: float, epsilon_high: float | None, beta: float, temperature: float,
+             max_completion_length: int, trl_loss: float, second_pass: bool) -> LossCheck:
     """The LossCheck of a scored TRL batch: log-probs from our own forward pass, the loss and gradient by hand."""
     import torch
 
@@ -308,7 +315,7 @@ def _by_hand(model: Any, inputs: dict[str, Any], metrics: dict[str, list[float]]
         with torch.no_grad(), model.disable_adapter():  # the reference: the base model, adapter off
             ref = masked_rows(per_token_logps(model, input_ids, attention_mask, width, temperature), mask)
     advantages = [float(a) for a in inputs["advantages"]]
-    args = (logps, old, ref, advantages, loss_type, epsilon, beta, max_completion_length)
+    args = (logps, old, ref, advantages, loss_type, epsilon, beta, max_completion_length, epsilon_high)
     grads = grpo_grad_by_hand(*args)
     grad_tensor = torch.zeros_like(logps_tensor)
     grad_tensor[mask.bool()] = torch.tensor([g for row in grads for g in row], dtype=grad_tensor.dtype)
@@ -324,7 +331,7 @@ def _by_hand(model: Any, inputs: dict[str, Any], metrics: dict[str, list[float]]
         loss_type=loss_type, beta=beta, second_pass=second_pass, trl_loss=trl_loss,
         by_hand=grpo_loss_by_hand(*args), grad_gap=gap / scale,
         trl_clip_fraction=metrics["clip_ratio/region_mean"][-1],
-        clip_fraction=sum(clipped(r, a, epsilon) for r, a in tokens) / len(tokens),
+        clip_fraction=sum(clipped(r, a, epsilon, epsilon_high) for r, a in tokens) / len(tokens),
         ratio_range=(min(r for r, _ in tokens), max(r for r, _ in tokens)),
         trl_kl=metrics["kl"][-1] if beta else None, kl=sum(kls) / len(kls) if beta else None,
         lengths=tuple(len(row) for row in logps), advantages=tuple(advantages))

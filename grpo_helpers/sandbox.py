@@ -173,10 +173,10 @@ def _sandbox_user(is_root: bool) -> tuple[int | None, bool, list[str]]:
 def _start(cfg: isolation.ChildConfig, site_packages: bool, status_r: int
            ) -> tuple[_Program | None, dict[str, bool], str]:
     """Start the interpreter on main.py; (program or None, active layers, why it could not start)."""
-    argv = [isolation.python_executable(), "-I", "-B", "-X", "utf8"] + ([] if site_packages else ["-S"])
-    env = dict(BASE_ENV, HOME=cfg.workdir, TMPDIR=cfg.workdir)
     popen, error = None, ""
-    try:
+    try:  # closes the status pipe's write end whatever happens: the caller gave it to us
+        argv = [isolation.python_executable(), "-I", "-B", "-X", "utf8"] + ([] if site_packages else ["-S"])
+        env = dict(BASE_ENV, HOME=cfg.workdir, TMPDIR=cfg.workdir)
         popen = subprocess.Popen(
             [*argv, SCRIPT_NAME], cwd=cfg.workdir, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -289,10 +289,14 @@ def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, *,
     # Not root: RLIMIT_NPROC counts every process of our user, so allow what runs already.
     nproc = max_processes if is_root else max_processes + sandbox_uid.count_tasks_of_uid(os.getuid())
     script = code.encode("utf-8", errors="surrogatepass")  # lone surrogates: a SyntaxError later
-    cap = memory_cap.MemoryCap(memory_mb, max_processes)
-    workdir = tempfile.mkdtemp(prefix="grpo-sandbox-")
-    status_r, status_w = os.pipe()
+    cap: memory_cap.MemoryCap | None = None
+    workdir: str | None = None
+    open_fds: list[int] = []  # pipe ends this function still has to close
     try:
+        cap = memory_cap.MemoryCap(memory_mb, max_processes)
+        workdir = tempfile.mkdtemp(prefix="grpo-sandbox-")
+        status_r, status_w = os.pipe()
+        open_fds += [status_r, status_w]
         with open(os.path.join(workdir, SCRIPT_NAME), "wb") as f:
             f.write(script)
         if uid is not None:
@@ -305,6 +309,7 @@ def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, *,
             rebind=isolation.interpreter_dirs_to_rebind(), interpreter_reachable=isolation.interpreter_reachable(),
             cgroup_dirs=cap.dirs, seccomp_filter=syscall_filter.filter_address(), status_fd=status_w,
         )
+        open_fds.remove(status_w)  # from here on _start closes it, whatever happens
         program, layers, error = _start(cfg, site_packages, status_r)
         if cap.version and not layers["cgroup"]:
             cap.use_watchdog("the program could not join its cgroup")
@@ -349,10 +354,13 @@ def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, *,
             memory_limit=cap.kind, memory_peak_mb=cap.peak_mb(), memory_exceeded=cap.exceeded,
             notes=tuple(notes),
         )
-    finally:
-        os.close(status_r)
-        cap.release()
-        shutil.rmtree(workdir, ignore_errors=True)
+    finally:  # also when something failed before the program started: no cgroup, folder or fd is left
+        for fd in open_fds:
+            os.close(fd)
+        if cap is not None:
+            cap.release()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=None)

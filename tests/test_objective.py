@@ -89,6 +89,13 @@ def test_the_clip_and_the_k3_kl_by_hand():
     kl = math.exp(-0.5) - (-0.5) - 1  # ref - logp = -0.5
     assert objective.token_loss(0.0, 0.0, -0.5, 0.0, eps, 0.1) == pytest.approx(0.1 * kl)
     assert objective.token_loss(-1.0, -1.0, -1.0, 0.0, eps, 0.1) == 0.0  # policy = reference: no KL
+    # DAPO's clip-higher, epsilon_high = 0.28: the ratio is kept within [1 - 0.2, 1 + 0.28]
+    inside = math.log(1.25)
+    assert objective.token_loss(inside, 0.0, None, 1.0, eps, 0.0, 0.28) == pytest.approx(-1.25)  # not clipped
+    assert objective.token_loss_grad(inside, 0.0, None, 1.0, eps, 0.0, 0.28) == pytest.approx(-1.25)
+    assert objective.token_loss(up, 0.0, None, 1.0, eps, 0.0, 0.28) == pytest.approx(-1.28)  # clipped at 1.28
+    assert objective.clipped(1.25, 1.0, eps) and not objective.clipped(1.25, 1.0, eps, 0.28)
+    assert objective.token_loss(math.log(0.7), 0.0, None, -1.0, eps, 0.0, 0.28) == pytest.approx(0.8)  # 1 - eps
 
 
 # --- the same loss from TRL's GRPOTrainer, one real batch of the tiny model --------------------------
@@ -106,18 +113,20 @@ def policy(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_type, beta, second_pass_lr", [
-    *[(t, 0.0, None) for t in objective.LOSS_TYPES], ("dapo", 0.04, None), ("dapo", 0.0, 3e-3), ("grpo", 0.04, 3e-3)])
-def test_the_loss_by_hand_matches_trl(policy, loss_type, beta, second_pass_lr):
+@pytest.mark.parametrize("loss_type, beta, second_pass_lr, epsilon_high", [
+    *[(t, 0.0, None, None) for t in objective.LOSS_TYPES], ("dapo", 0.04, None, None), ("dapo", 0.0, 3e-3, None),
+    ("grpo", 0.04, 3e-3, None), ("dapo", 0.0, 3e-3, 0.28)])
+def test_the_loss_by_hand_matches_trl(policy, loss_type, beta, second_pass_lr, epsilon_high):
     model, tokenizer = policy
     check = objective.trl_loss_check(model, tokenizer, objective.probe_rows(2), 4, loss_type, 0.2, beta, 0.6, 48,
-                                     second_pass_lr=second_pass_lr)
+                                     second_pass_lr=second_pass_lr, epsilon_high=epsilon_high)
     assert len(set(check.lengths)) > 2 and any(check.advantages)  # answers of different lengths, a real signal
     assert abs(check.trl_loss - check.by_hand) < LOSS_TOLERANCE
     assert check.grad_gap < GRADIENT_TOLERANCE
     assert check.clip_fraction == pytest.approx(check.trl_clip_fraction, abs=1e-6)
     if second_pass_lr:  # one update later the ratio has moved and the clip takes over on some tokens
-        assert check.ratio_range[0] < 1 - 0.2 and check.ratio_range[1] > 1 + 0.2 and check.clip_fraction > 0
+        assert check.ratio_range[0] < 1 - 0.2 and check.ratio_range[1] > 1 + (epsilon_high or 0.2)
+        assert check.clip_fraction > 0  # with 0.28, clipped tokens count 1.28 A, not 1.2 A: ~1e-3 on this loss
     else:  # num_iterations=1: exactly 1, not approximately
         assert check.ratio_range == (1.0, 1.0) and check.clip_fraction == 0.0
     if beta:

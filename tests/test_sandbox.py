@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_helpers import memory_cap, syscall_filter
+from grpo_helpers import isolation, memory_cap, sandbox, syscall_filter
 from grpo_helpers.sandbox import BASE_ENV, RunResult, isolation_report, run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -477,6 +477,43 @@ def test_cgroup_v2_group_gets_the_limits(tmp_path: Path, monkeypatch: pytest.Mon
     Path(group, "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
     cap._next_look = 0.0
     assert cap.check() and cap.exceeded
+
+
+def _fail(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("failure injected by the test")
+
+
+@pytest.mark.parametrize("where", ["interpreter_dirs_to_rebind", "python_executable"])
+def test_failure_before_the_program_starts_leaves_nothing(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure after the cap, folder and pipe exist (before _start, or inside it before Popen) cleans them up."""
+    run_python("pass")  # warm the module-level caches, which hold files of their own
+    caps: list[memory_cap.MemoryCap] = []
+    folders: list[str] = []
+
+    class RecordedCap(memory_cap.MemoryCap):
+        def __init__(self, *args: int) -> None:
+            super().__init__(*args)
+            caps.append(self)
+
+    real_mkdtemp = sandbox.tempfile.mkdtemp
+    monkeypatch.setattr(sandbox.memory_cap, "MemoryCap", RecordedCap)
+    monkeypatch.setattr(sandbox.tempfile, "mkdtemp", lambda **kw: folders.append(real_mkdtemp(**kw)) or folders[-1])
+    monkeypatch.setattr(isolation, where, _fail)
+    fds_before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError, match="injected"):
+        run_python("print(1)")
+    assert sorted(os.listdir("/proc/self/fd")) == fds_before
+    assert len(caps) == 1 and len(folders) == 1
+    assert not any(os.path.exists(d) for d in caps[0].dirs) and not os.path.exists(folders[0])
+
+
+def test_release_keeps_groups_still_busy_for_a_later_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    busy, gone = tmp_path / "busy", tmp_path / "gone"
+    (busy / "task").mkdir(parents=True)  # rmdir fails on it, as on a cgroup that still has a task
+    monkeypatch.setattr(memory_cap, "_LEFTOVER_GROUPS", [str(busy), str(gone)])
+    monkeypatch.setattr(memory_cap, "cgroup_place", lambda: (None, "no cgroup (switched off by the test)"))
+    memory_cap.MemoryCap(CAP_MB, 20).release()
+    assert memory_cap._LEFTOVER_GROUPS == [str(busy)]
 
 
 def test_concurrent_runs_fit_in_half_the_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
