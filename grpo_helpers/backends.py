@@ -9,7 +9,9 @@ GPU of its own (`Profile.vllm_mode`). Unsloth patches TRL and transformers when 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -71,11 +73,8 @@ def is_main_process() -> bool:
 
 
 def prepare_processes() -> None:
-    """Before accelerate's state exists: CPU processes use the device "cpu", not "cpu:<rank>".
-
-    accelerate 1.10.1 gives each CPU process torch.device("cpu", rank), and the Trainer resumes the
-    optimizer with that as map_location, which torch.load refuses ("don't know how to restore data
-    location ... cpu:0"): without this a multi-process CPU run cannot resume."""
+    """Before accelerate's state exists: CPU processes use the device "cpu", not accelerate 1.10.1's "cpu:<rank>",
+    which the Trainer's resume passes to torch.load as map_location and torch.load refuses."""
     if world_size() > 1 and not _cuda_available():
         os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
 
@@ -122,10 +121,8 @@ def main_process_value(value: Any) -> Any:
 
 
 def single_process_from_multi_process_launch() -> bool:
-    """True when `accelerate launch --cpu --num_processes N` (N > 1) started one process, not N.
-
-    accelerate 1.10.1 runs several CPU processes only through MPI; without it the simple launcher starts
-    one process and sets MASTER_ADDR/MASTER_PORT, which it sets only when more were asked for."""
+    """True when `accelerate launch --cpu --num_processes N` (N > 1) started one process: accelerate 1.10.1 runs
+    several CPU processes only through MPI, else starts one and sets MASTER_PORT, only when more were asked for."""
     return (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1") and "MASTER_PORT" in os.environ
             and world_size() == 1 and "LOCAL_RANK" not in os.environ)
 
@@ -148,6 +145,10 @@ def check_engine(profile: Profile) -> None:
     if not 0 < profile.vllm_server_port < 65536 or profile.vllm_server_timeout_s <= 0:
         raise ProfileError(f"vllm_server_port must be 1-65535 and vllm_server_timeout_s above 0, not "
                            f"{profile.vllm_server_port} and {profile.vllm_server_timeout_s}.")
+    if deepspeed_zero_stage() == 3 and profile.watch_questions > 0:
+        raise ProfileError(f"The held-out watch (watch_questions={profile.watch_questions}) generates in the main "
+                           "process only, and under DeepSpeed ZeRO-3 every forward pass needs all processes: it "
+                           "would hang. Set watch_questions=0 (--set watch_questions=0), or use ZeRO-2 or DDP.")
     backend = backend_for(profile)
     if backend == "unsloth" and profile.fast_inference and profile.vllm_mode == "server":
         raise ProfileError("vllm_mode='server' needs backend='trl': Unsloth generates with its own in-process vLLM. "
@@ -229,11 +230,28 @@ def vllm_server_unreachable(profile: Profile, why: str) -> VLLMServerUnreachable
         "vllm_server_port=PORT; a slow start: --set vllm_server_timeout_s=600; no server: --set vllm_mode=colocate.")
 
 
+def release_engine(trainer: Any) -> None:
+    """Let a later trainer in this process generate: close TRL's vLLM server communicator, free a colocated LLM.
+
+    TRL 0.22.2 opens the server's weight-update group per trainer and closes it at exit; the server refuses a second.
+    A colocated LLM is dropped (untested on a GPU: vLLM may keep memory); Unsloth's model.vllm_engine is left alone."""
+    client = getattr(trainer, "vllm_client", None)
+    if client is not None and getattr(client, "pynccl_comm", None) is not None:
+        client.close_communicator()  # the server's side; then ours
+        client.pynccl_comm = None
+        atexit.unregister(client.close_communicator)
+    llm = getattr(trainer, "llm", None)
+    if llm is None or llm is getattr(getattr(trainer, "model", None), "vllm_engine", None):
+        return
+    trainer.llm = llm = None
+    gc.collect()
+    if _cuda_available():
+        sys.modules["torch"].cuda.empty_cache()
+
+
 def require_vllm_engine(profile: Profile) -> None:
     """For the "trl" backend with vLLM in server mode: the server answers (modeling.require_vllm checks vLLM imports)."""
-    if not profile.fast_inference:
-        return
-    if profile.vllm_mode == "server":
+    if profile.fast_inference and profile.vllm_mode == "server":
         check_vllm_server(profile)
 
 
@@ -250,6 +268,20 @@ def deepspeed_zero_stage() -> int | None:
     return int(json.loads(Path(config_file).read_text()).get("zero_optimization", {}).get("stage", 0))
 
 
+_ZERO3_LOADING: list[Any] = []  # keeps accelerate's DeepSpeed plugin, and so transformers' ZeRO-3 config, alive
+
+
+def zero3_loading_config() -> Any:
+    """accelerate's DeepSpeed plugin registered for from_pretrained (zero.Init: each process loads only its shard),
+    as TrainingArguments does later. Untested here (no DeepSpeed or GPU in CI)."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin()
+    plugin.set_mixed_precision(os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
+    plugin.set_deepspeed_weakref()
+    return plugin
+
+
 def load_trl_model(profile: Profile, path: str) -> tuple[Any, Any]:
     """(model, tokenizer) with transformers: 4-bit nf4 through bitsandbytes (QLoRA) when the profile says so."""
     require_plain_trl()
@@ -258,12 +290,16 @@ def load_trl_model(profile: Profile, path: str) -> tuple[Any, Any]:
 
     dtype = getattr(torch, profile.dtype)
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if profile.load_in_4bit:  # quant storage in the compute dtype lets ZeRO-3 shard the 4-bit weights
+    if profile.load_in_4bit:  # quant storage in the compute dtype: DeepSpeed's documented QLoRA + ZeRO-3 recipe
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
-    if torch.cuda.is_available() and deepspeed_zero_stage() != 3:  # each process loads onto its own GPU; ZeRO-3 shards instead
-        kwargs["device_map"] = {"": local_rank()}
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())  # bitsandbytes and zero.Init place weights on the current device
+        if deepspeed_zero_stage() != 3:  # each process loads its whole model onto its own GPU
+            kwargs["device_map"] = {"": local_rank()}
+    if deepspeed_zero_stage() == 3:
+        _ZERO3_LOADING.append(zero3_loading_config())  # from_pretrained shards as it loads (zero.Init)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if profile.load_in_4bit:
@@ -293,8 +329,7 @@ def add_trl_lora(model: Any, profile: Profile) -> Any:
 def finish_trainer(trainer: Any, profile: Profile) -> int:
     """Make the LoRA weights trainable again after TRL 0.22.2 re-prepared a 4-bit PeftModel; how many were frozen.
 
-    Its prepare_peft_model runs peft's prepare_model_for_kbit_training on the model it is given, which
-    freezes every parameter, the adapter's included (the optimizer is built later, at train())."""
+    Its prepare_peft_model runs prepare_model_for_kbit_training, freezing every parameter (optimizer built at train())."""
     if backend_for(profile) != "trl":
         return 0
     frozen = [p for name, p in trainer.model.named_parameters() if "lora_" in name and not p.requires_grad]
@@ -315,11 +350,31 @@ def state_digest(tensors: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def zero3_lora_weights(model: Any) -> dict[str, Any]:
+    """Under ZeRO-3, in every process (a collective): the whole LoRA weights by state-dict name, gathered.
+
+    Each process holds only its partition (empty tensors elsewhere). Untested here: no DeepSpeed or GPU in CI."""
+    import deepspeed
+
+    named = {name: param for name, param in model.named_parameters() if "lora_" in name}
+    with deepspeed.zero.GatheredParameters(list(named.values()), modifier_rank=None):
+        return {name: param.detach().to("cpu", copy=True) for name, param in named.items()}
+
+
 def lora_digest(model: Any) -> str:
-    """The digest of the LoRA weights this process holds (what PEFT's save_pretrained writes)."""
+    """The digest of the LoRA weights this process holds (what PEFT's save_pretrained writes); gathered under ZeRO-3."""
     from peft import get_peft_model_state_dict
 
-    return state_digest(get_peft_model_state_dict(model))
+    gathered = zero3_lora_weights(model) if deepspeed_zero_stage() == 3 else None  # None: model.state_dict()
+    return state_digest(get_peft_model_state_dict(model, state_dict=gathered))
+
+
+def save_zero3_adapter(model: Any, tokenizer: Any, directory: Path) -> None:
+    """Under ZeRO-3, in every process: gather the LoRA weights (else empty partitions), the main process saves them."""
+    weights = zero3_lora_weights(model)  # PEFT's save_pretrained(state_dict=) keeps the adapter's entries
+    if is_main_process():
+        model.save_pretrained(str(directory), state_dict=weights)
+        tokenizer.save_pretrained(str(directory))
 
 
 def saved_adapter_digest(adapter_dir: str | Path) -> str:

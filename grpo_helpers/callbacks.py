@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from . import paths
 from .checkpoints import CHECKPOINT_PREFIX, write_run_file
@@ -28,6 +28,18 @@ def read_metrics(path: str | Path) -> "Any":
     return pd.read_csv(path)
 
 
+def append_metric_rows(path: Path, step: int, epoch: float | None, values: Mapping[str, float]) -> None:
+    """Append step, epoch, name, value, wall_time rows to metrics.csv (a header first in a new file)."""
+    new_file = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new_file:
+            writer.writerow(["step", "epoch", "name", "value", "wall_time"])
+        now = round(time.time(), 3)
+        writer.writerows([step, epoch, name, value, now] for name, value in values.items())
+
+
 def _make_callback_class() -> type:
     from transformers import TrainerCallback
 
@@ -40,25 +52,22 @@ def _make_callback_class() -> type:
             self._last_draw = 0.0
             self._display = None
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._last_draw = time.monotonic()  # the first curves are drawn once there is a trend
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Start the redraw clock: the first curves are drawn once there is a trend."""
+            self._last_draw = time.monotonic()
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            """Append the logged numbers to metrics.csv (main process) and redraw when redraw_every_s has passed."""
             numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
             if not numbers or not state.is_world_process_zero:
                 return
-            new_file = not self.metrics_path.exists()
-            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.metrics_path.open("a", newline="") as handle:
-                writer = csv.writer(handle)
-                if new_file:
-                    writer.writerow(["step", "epoch", "name", "value", "wall_time"])
-                now = round(time.time(), 3)
-                writer.writerows([state.global_step, state.epoch, k, v, now] for k, v in numbers.items())
+            append_metric_rows(self.metrics_path, state.global_step, state.epoch, numbers)
             if time.monotonic() - self._last_draw >= self.redraw_every_s:
                 self.redraw()
 
-        def on_train_end(self, args, state, control, **kwargs):
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Draw the final curves (main process)."""
             if state.is_world_process_zero:
                 self.redraw()
 
@@ -110,10 +119,12 @@ def _make_run_callback_class() -> type:
             self.began = False  # True once the Trainer has loaded the checkpoint and starts stepping
             self.progress: list[Any] = []  # the trainer's callbacks, for the notebook progress bar fix below
 
-        def on_train_begin(self, args, state, control, **kwargs):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Mark that the checkpoint loaded and stepping starts."""
             self.began = True
 
-        def on_train_end(self, args, state, control, **kwargs):
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Drop the progress bar's ETA when the run stopped before max_steps (see below)."""
             # transformers 4.56's notebook progress bar divides by None at the end of a run stopped before
             # max_steps after 2+ steps (a stop_after run in Colab); without an ETA it draws the bar plainly.
             if state.global_step < state.max_steps:
@@ -121,16 +132,18 @@ def _make_run_callback_class() -> type:
                     if hasattr(tracker, "predicted_remaining"):
                         tracker.predicted_remaining = None
 
-        def on_step_end(self, args, state, control, **kwargs):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Stop (saving) at stop_after; write run.json before the Trainer writes a checkpoint."""
             if self.stop_after is not None and state.global_step >= self.stop_after:
                 control.should_save = control.should_training_stop = True
             if control.should_save:  # before the Trainer writes the checkpoint: no window without run.json
                 self._write(args, state)
 
-        def on_save(self, args, state, control, **kwargs):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Write run.json into the checkpoint just saved."""
             self._write(args, state)
 
-        def _write(self, args, state) -> None:
+        def _write(self, args: Any, state: Any) -> None:
             if not state.is_world_process_zero:  # one writer; the Trainer saves the checkpoint from there too
                 return
             write_run_file(Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}", self.run,

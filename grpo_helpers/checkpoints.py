@@ -27,6 +27,10 @@ RUN_FILE = "run.json"  # in every checkpoint: which run it belongs to
 CHECKPOINT_PREFIX = "checkpoint-"
 PREVIOUS_SUFFIX = "-previous"  # <checkpoints>-previous/<timestamp>/: what was moved aside
 REQUIRED_STATE_FILES = ("optimizer.pt", "scheduler.pt")  # the Trainer's, needed to continue the same run
+OPTIMIZER_FILE = "optimizer.pt"
+# Under DeepSpeed the Trainer saves the optimizer with the engine's save_checkpoint instead of optimizer.pt
+# (transformers 4.56.2 Trainer._save_optimizer_and_scheduler): a `latest` file naming a `global_stepN/` folder.
+DEEPSPEED_LATEST_FILE = "latest"
 DRIVE_TRASH_NOTE = ("Checkpoints are on Google Drive: the Trainer keeps the newest {keep} and deletes older ones, "
                     "and Drive keeps what is deleted in its Trash, still counting against the 15 GB quota, for "
                     "30 days. To free that space, empty it: drive.google.com > Trash > Empty trash.")
@@ -84,15 +88,30 @@ def checkpoint_problem(folder: str | Path) -> str | None:
         return "trainer_state.json is unreadable"
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*model*.bin")):
         return "no model weights"
-    missing = [name for name in REQUIRED_STATE_FILES if not (folder / name).is_file()]
+    deepspeed_folder = deepspeed_state_folder(folder)
+    missing = [name for name in REQUIRED_STATE_FILES if not (folder / name).is_file()
+               and not (name == OPTIMIZER_FILE and deepspeed_folder is not None)]
     if missing:
         return f"no {' or '.join(missing)}"
-    for path in sorted(folder.iterdir()):
+    state_files = sorted(deepspeed_folder.iterdir()) if deepspeed_folder is not None else []
+    if deepspeed_folder is not None and not any(path.suffix == ".pt" for path in state_files):
+        return f"no DeepSpeed state files in {deepspeed_folder.name}"
+    for path in [*sorted(folder.iterdir()), *state_files]:
         problem = (safetensors_problem(path) if path.suffix == ".safetensors"
                    else torch_file_problem(path) if path.suffix in (".pt", ".pth", ".bin") else None)
         if problem:
             return problem
     return None
+
+
+def deepspeed_state_folder(folder: Path) -> Path | None:
+    """The `global_stepN/` folder a DeepSpeed checkpoint's `latest` file names (None: not a DeepSpeed checkpoint)."""
+    try:
+        tag = (folder / DEEPSPEED_LATEST_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    state = folder / tag
+    return state if tag.startswith("global_step") and state.is_dir() else None
 
 
 def checkpoint_step(folder: str | Path) -> int:
@@ -113,8 +132,8 @@ def checkpoint_folders(directory: str | Path) -> list[Path]:
 def latest_checkpoint(directory: str | Path, run_id: str | None = None) -> str | None:
     """The newest complete `checkpoint-N` in `directory` of run `run_id` (of any run when None); None if none.
 
-    Complete: trainer_state.json readable, weights whose size matches their header, optimizer.pt and
-    scheduler.pt present and whole; a disconnect can leave a checkpoint half-written or half-uploaded."""
+    Complete: trainer_state.json readable, weights whose size matches their header, optimizer.pt (or under
+    DeepSpeed a `latest` file and its `global_stepN/` folder) and scheduler.pt present and whole; a disconnect can leave a checkpoint half-written or half-uploaded."""
     for folder in checkpoint_folders(directory):
         if (run_id is None or checkpoint_run_id(folder) == run_id) and checkpoint_problem(folder) is None:
             return str(folder)

@@ -204,3 +204,16 @@ def prepare_engine(args: argparse.Namespace, profile: Profile) -> None:
     """Import Unsloth now for a command that loads a model with its backend: before anything imports transformers."""
     if args.command in ("train", "evaluate") and backends.backend_for(profile) == "unsloth":
         modeling.import_unsloth(profile)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse and check (bad input: one line, status 2, nothing written), import Unsloth when its backend trains,
+    then run the command; what `python -m grpo_helpers` does."""
+    try:
+        args, profile = parse_or_exit(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    prepare_engine(args, profile)
+    from .commands import run  # after Unsloth: commands imports transformers and TRL, which Unsloth patches
+
+    return run(args, profile)

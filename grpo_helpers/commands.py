@@ -16,10 +16,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from . import backends, evaluation, paths, pi_eval, results_card, runtime, training
-from .cli import USAGE_EXIT, UsageError, fail, parse_or_exit, prepare_engine
+from .cli import USAGE_EXIT, UsageError, fail
 from .data import load_gsm8k
 from .generation import SamplingSettings
 from .modeling import AdapterNotFoundError, describe_model, find_adapter, load_model, load_trained_model, model_path
@@ -119,8 +119,8 @@ def evaluate(args: argparse.Namespace, profile: Profile) -> int:
                                    lora_request=lora, timeout_s=profile.pi_timeout_s)
     saved = evaluation.save_results({**tagged, **pi}, evaluation.results_path(profile, pi_eval.PI_RESULTS_FILE))
     print(f"Pi prompts: saved to {saved}", pi_eval.pi_summary(pi["rows"]).to_string(), sep="\n")
-    card = results_card.write_card(profile)
-    results_card.check_card(profile)
+    card = results_card.write_card(profile, adapter_dir=adapter_dir)
+    results_card.check_card(profile, adapter_dir)
     print(f"Results card: {card}", *(evaluation.verdict(gsm8k, m) for m in ("strict_accuracy", "lenient_accuracy")),
           sep="\n")
     return 0
@@ -151,15 +151,6 @@ def run(args: argparse.Namespace, profile: Profile) -> int:
         return COMMANDS[args.command](args, profile)
     except UsageError as exc:
         return fail(args.command, exc, USAGE_EXIT)
-    except (runtime.NotebookStop, AdapterNotFoundError) as exc:
+    except (runtime.NotebookStop, AdapterNotFoundError, results_card.CardError) as exc:
         return fail(args.command, exc, FAILED_EXIT)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse and check (bad input: one line, status 2, nothing written), then run; what `python -m grpo_helpers` does."""
-    try:
-        args, profile = parse_or_exit(argv)
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    prepare_engine(args, profile)
-    return run(args, profile)

@@ -101,7 +101,8 @@ def config_table(config: Any, profile: Profile) -> Any:
     what set it (the profile, grpo_helpers, an override, or TRL deriving it from the others)."""
     import pandas as pd
 
-    passed = grpo_config_values(profile, config.output_dir, config.reward_weights) | {"use_vllm": config.use_vllm}
+    passed = (grpo_config_values(profile, config.output_dir, config.reward_weights)
+              | backends.engine_config_values(profile) | {"use_vllm": config.use_vllm})
     changed = config_overrides(config, profile)
     rows = []
     for field in (f for f in dataclasses.fields(config) if f.init):

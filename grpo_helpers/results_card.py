@@ -34,8 +34,10 @@ PI_HEADING = "## Pi prompts"
 SECTIONS = (RUN_HEADING, WATCH_HEADING, GSM8K_HEADING, PI_HEADING)
 TABLE_HEADER = ("metric", "base", "95% CI", "trained", "95% CI", "change", "95% CI", "fixed", "broken", "McNemar p")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-WRITERS = {ADAPTER_INFO_FILE: "notebook 04", METRICS_FILE: "notebook 04",
-           evaluation.GSM8K_RESULTS_FILE: "notebook 05", pi_eval.PI_RESULTS_FILE: "notebook 05"}
+TRAIN_WRITER, EVAL_WRITER = ("notebook 04 (or `python -m grpo_helpers train`)",
+                              "notebook 05 (or `python -m grpo_helpers evaluate`)")
+WRITERS = {ADAPTER_INFO_FILE: TRAIN_WRITER, METRICS_FILE: TRAIN_WRITER,
+           evaluation.GSM8K_RESULTS_FILE: EVAL_WRITER, pi_eval.PI_RESULTS_FILE: EVAL_WRITER}
 
 
 class CardError(ValueError):
@@ -68,18 +70,21 @@ def significance_rows(table: "pd.DataFrame") -> list[list[str]]:
 def _read_json(folder: Path, name: str) -> dict[str, Any]:
     path = folder / name
     if not path.is_file():
-        raise CardError(f"No {path}: run {WRITERS.get(name, 'notebook 05')} first (same profile and artifacts folder).")
+        raise CardError(f"No {path}: run {WRITERS.get(name, EVAL_WRITER)} first (same profile and artifacts folder).")
     return json.loads(path.read_text())
 
 
-def load_inputs(profile: Profile) -> dict[str, Any]:
-    """What the card is built from: the adapter's card, metrics.csv as a table, the results JSONs."""
+def load_inputs(profile: Profile, adapter_dir: Path | str | None = None) -> dict[str, Any]:
+    """What the card is built from: the adapter's card and its run's metrics.csv (in the adapter's parent folder,
+    where training writes them; default: the profile's adapter), and the profile's results JSONs."""
     folder = paths.profile_dir(profile.name)
-    if not (folder / METRICS_FILE).is_file():
-        raise CardError(f"No {folder / METRICS_FILE}: run notebook 04 first (same profile and artifacts folder).")
+    adapter = Path(adapter_dir) if adapter_dir is not None else paths.adapter_dir(profile.name)
+    metrics = adapter.parent / METRICS_FILE
+    if not metrics.is_file():
+        raise CardError(f"No {metrics}: run {TRAIN_WRITER} first (same profile and artifacts folder).")
     sampled = folder / evaluation.GSM8K_SAMPLED_FILE
-    return {"info": _read_json(paths.adapter_dir(profile.name), ADAPTER_INFO_FILE),
-            "metrics": read_metrics(folder / METRICS_FILE),
+    return {"info": _read_json(adapter, ADAPTER_INFO_FILE),
+            "metrics": read_metrics(metrics),
             "gsm8k": _read_json(folder, evaluation.GSM8K_RESULTS_FILE),
             "sampled": json.loads(sampled.read_text()) if sampled.is_file() else None,
             "pi": _read_json(folder, pi_eval.PI_RESULTS_FILE)}
@@ -143,11 +148,11 @@ def build_card(profile: Profile, inputs: Mapping[str, Any] | None = None, window
     return "\n\n".join(parts) + "\n"
 
 
-def write_card(profile: Profile, window: int = 5) -> Path:
-    """Write results.md and results.png into <artifacts>/<profile>; returns the card's path."""
+def write_card(profile: Profile, window: int = 5, adapter_dir: Path | str | None = None) -> Path:
+    """Write results.md and results.png into <artifacts>/<profile> for the adapter (default: the profile's)."""
     import matplotlib.pyplot as plt
 
-    inputs = load_inputs(profile)
+    inputs = load_inputs(profile, adapter_dir)
     path = card_path(profile)
     result = inputs["gsm8k"]
     significance = evaluation.significance_table(result)
@@ -171,11 +176,11 @@ def _section(text: str, heading: str) -> str:
     return text[start:min(ends, default=len(text))].strip()
 
 
-def check_card(profile: Profile) -> None:
+def check_card(profile: Profile, adapter_dir: Path | str | None = None) -> None:
     """Raise CardError unless results.md and results.png are complete and agree with the saved results."""
     path = card_path(profile)
     if not path.is_file():
-        raise CardError(f"No results card at {path}: run notebook 05 to the end (it writes the card).")
+        raise CardError(f"No results card at {path}: run {EVAL_WRITER} to the end (it writes the card).")
     text, figure = path.read_text(), path.with_name(FIGURE_FILE)
     missing = [h for h in SECTIONS if f"\n{h}\n" not in text]
     if missing:
@@ -184,7 +189,7 @@ def check_card(profile: Profile) -> None:
         raise CardError(f"{figure} is missing or not a drawn PNG: rebuild the card with results_card.write_card.")
     if f"]({FIGURE_FILE})" not in text:
         raise CardError(f"{path} does not show {FIGURE_FILE}.")
-    inputs = load_inputs(profile)
+    inputs = load_inputs(profile, adapter_dir)
     expected = {RUN_HEADING: markdown_table(["", ""], _run_rows(inputs["info"], inputs["metrics"])),
                 GSM8K_HEADING: _gsm8k_section(inputs["gsm8k"]), PI_HEADING: _pi_section(inputs["pi"])}
     if inputs["sampled"] is not None:

@@ -229,10 +229,12 @@ def _train_from_newest(trainer: Any, rebuild: Callable[[Any], Any], candidates: 
             return trainer, checkpoint
         except Exception as exc:
             if checkpoint is None or _own_callbacks(trainer)[1].began:  # training itself failed: not a loading problem
+                backends.release_engine(trainer)  # a next train_grpo in this process builds its own
                 raise
             one_line = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
             set_aside([Path(checkpoint)], destination, f"failed to load: {one_line}")
             if not remaining:  # the model may hold half-loaded weights: not a clean start from scratch
+                backends.release_engine(trainer)
                 raise RuntimeError(
                     f"No checkpoint of this run could be loaded (moved aside to {destination}). Restart the "
                     "runtime (Colab: Runtime > Restart session) and run this notebook again: training starts "
@@ -273,6 +275,7 @@ def train_grpo(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
         print(DRIVE_TRASH_NOTE.format(keep=config.save_total_limit))
 
     def rebuild(old: Any) -> Any:
+        backends.release_engine(old)  # TRL's vLLM server takes one trainer's communicator at a time
         extra = [cb for cb in old.callback_handler.callbacks if type(cb).__name__ not in ATTACHED
                  and not type(cb).__module__.startswith(("transformers.", "trl.", "unsloth"))]
         fresh = build_trainer(model, tokenizer, train_dataset, profile, old.reward_funcs, config.reward_weights, extra,
@@ -281,6 +284,7 @@ def train_grpo(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
         return fresh
 
     trainer, checkpoint = _train_from_newest(trainer, rebuild, candidates, destination)
+    backends.release_engine(trainer)  # trained: the next trainer in this process (pre-flight, then the run) generates
     step, newest = trainer.state.global_step, latest_checkpoint(output_dir, run["run_id"])
     summary = training_summary(trainer, profile, checkpoint, metrics.metrics_path, run)
     if stop_after is not None and step < trainer.args.max_steps:
@@ -289,8 +293,11 @@ def train_grpo(model: Any, tokenizer: Any, train_dataset: Any, profile: Profile,
         return TrainingResult(None, checkpoint, step, metrics.metrics_path, metrics.png_path, summary,
                               stopped_early=True, run_id=run["run_id"], checkpoint=newest)
     adapter = paths.adapter_dir(profile.name)
-    if backends.is_main_process():  # one writer under accelerate launch; DDP keeps every process's weights equal
+    if backends.deepspeed_zero_stage() == 3:  # partitioned weights: every process gathers, the main one saves
+        backends.save_zero3_adapter(trainer.model, tokenizer, adapter)
+    elif backends.is_main_process():  # one writer under accelerate launch; DDP keeps every process's weights equal
         save_adapter(trainer.model, tokenizer, adapter)
+    if backends.is_main_process():
         (adapter / ADAPTER_INFO_FILE).write_text(json.dumps(summary, indent=2, default=str))
         print(f"Saved the LoRA adapter and {ADAPTER_INFO_FILE} to {adapter}")
     backends.wait_for_everyone()

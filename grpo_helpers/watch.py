@@ -19,7 +19,6 @@ CPU); vLLM's greedy requests carry their own seed and draw nothing from the run'
 
 from __future__ import annotations
 
-import csv
 import os
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import data, evaluation, paths
-from .callbacks import METRICS_FILE
+from .callbacks import METRICS_FILE, append_metric_rows
 from .generation import SamplingSettings, uses_vllm
 from .profiles import Profile
 
@@ -50,18 +49,6 @@ def watch_steps(profile: Profile, max_steps: int | None = None) -> list[int]:
     return sorted({0, last} | set(range(profile.watch_every_steps, last, profile.watch_every_steps)))
 
 
-def append_metric_rows(path: Path, step: int, epoch: float, values: Mapping[str, float]) -> None:
-    """Append step, epoch, name, value, wall_time rows to metrics.csv (a header first in a new file)."""
-    new_file = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="") as handle:
-        writer = csv.writer(handle)
-        if new_file:
-            writer.writerow(["step", "epoch", "name", "value", "wall_time"])
-        now = round(time.time(), 3)
-        writer.writerows([step, epoch, name, value, now] for name, value in values.items())
-
-
 def _sleep_if_standby(model: Any) -> None:
     """Put a vLLM engine in sleep mode back to sleep (Unsloth's standby), as the GRPO trainer does after generating."""
     engine = getattr(model, "vllm_engine", None)
@@ -75,7 +62,7 @@ def score_held_out(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     """eval/strict_accuracy, eval/lenient_accuracy and eval/format_rate of the model as it is now."""
     import torch
 
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []  # this process's GPU only
     with torch.random.fork_rng(devices=devices):  # the training run's random stream is left as it was
         lora_request = None
         if uses_vllm(model):
@@ -96,19 +83,22 @@ def _make_watch_class() -> type:
         """Score the held-out questions at step 0, every `every` steps and at the last step; rows into metrics.csv."""
 
         def __init__(self, model: Any, tokenizer: Any, questions: list[dict[str, Any]], settings: SamplingSettings,
-                     every: int, batch_size: int, metrics_path: Path):
+                     profile: Profile, batch_size: int, metrics_path: Path):
             self.model, self.tokenizer, self.questions, self.settings = model, tokenizer, questions, settings
-            self.every, self.batch_size, self.metrics_path = every, batch_size, metrics_path
+            self.profile, self.batch_size, self.metrics_path = profile, batch_size, metrics_path
+            self._due: set[int] = set()
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            # A resumed run has its earlier watches in metrics.csv already. Under accelerate launch only the
-            # main process watches (and writes), as with the live metrics.
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Fix the schedule for this run's max_steps; watch at step 0 (main process only, as the live metrics).
+
+            A resumed run has its earlier watches in metrics.csv already."""
+            self._due = set(watch_steps(self.profile, state.max_steps))
             if state.global_step == 0 and state.is_world_process_zero:
                 self.watch(state)
 
-        def on_step_end(self, args, state, control, **kwargs):
-            due = state.global_step % self.every == 0 or state.global_step >= state.max_steps
-            if due and state.is_world_process_zero:
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Watch when this step is one of watch_steps (main process only)."""
+            if state.global_step in self._due and state.is_world_process_zero:
                 self.watch(state)
 
         def watch(self, state: Any) -> dict[str, float]:
@@ -138,5 +128,4 @@ def watch_callback(profile: Profile, model: Any, tokenizer: Any,
     settings = SamplingSettings(max_new_tokens=profile.eval_max_new_tokens, temperature=0.0, seed=profile.seed)
     print(f"Watching held-out accuracy while training: {len(records)} test questions, greedy, at step 0, every "
           f"{profile.watch_every_steps} steps and at the last (profile.watch_questions, watch_every_steps).")
-    return _make_watch_class()(model, tokenizer, records, settings, profile.watch_every_steps,
-                               profile.eval_batch_size, paths.profile_dir(profile.name) / METRICS_FILE)
+    return _make_watch_class()(model, tokenizer, records, settings, profile, profile.eval_batch_size, paths.profile_dir(profile.name) / METRICS_FILE)

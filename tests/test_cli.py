@@ -50,7 +50,7 @@ def no_artifacts(tmp_path, monkeypatch):
      ["trl#4973", "load_in_4bit=False"]),
 ])
 def test_bad_input_is_one_line_status_2_and_nothing_written(no_artifacts, capsys, argv, names):
-    status = commands.main(argv)
+    status = cli.main(argv)
     err = capsys.readouterr().err
     assert status == 2
     assert len(err.strip().splitlines()) == 1 and "error:" in err, err
@@ -60,13 +60,13 @@ def test_bad_input_is_one_line_status_2_and_nothing_written(no_artifacts, capsys
 
 def test_an_unknown_profile_from_the_environment_is_the_same_one_line_error(no_artifacts, capsys, monkeypatch):
     monkeypatch.setenv(profiles.PROFILE_ENV, "t5")
-    assert commands.main(["train"]) == 2
+    assert cli.main(["train"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Valid profiles: kaggle_2xt4, multi_gpu, t4, tiny" in err
 
 
 def test_help_lists_every_profile_field_and_profile(capsys):
-    assert commands.main(["train", "--help"]) == 0
+    assert cli.main(["train", "--help"]) == 0
     out = capsys.readouterr().out
     for field in dataclasses.fields(profiles.Profile):
         assert f"  {field.name} (" in out, field.name
@@ -90,14 +90,14 @@ def test_settings_take_the_fields_types(item, expected):
 def test_accelerate_cpu_launch_of_one_process_is_refused(no_artifacts, capsys, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # what accelerate launch --cpu --num_processes 2 sets
     monkeypatch.setenv("MASTER_PORT", "29500")
-    assert commands.main(["train", "--profile", "tiny"]) == 2
+    assert cli.main(["train", "--profile", "tiny"]) == 2
     assert "accelerate launch --multi_gpu --num_processes N" in capsys.readouterr().err
     assert not no_artifacts.exists()
 
 
 def test_evaluate_refuses_several_processes(no_artifacts, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert commands.main(["evaluate", "--profile", "tiny"]) == 2
+    assert cli.main(["evaluate", "--profile", "tiny"]) == 2
     assert "runs in one process" in capsys.readouterr().err
 
 
@@ -160,7 +160,7 @@ def test_the_server_command_is_what_trl_vllm_serve_parses():
 
 
 def test_vllm_serve_dry_run_prints_the_command(capsys, no_artifacts):
-    assert commands.main(["vllm-serve", "--profile", "kaggle_2xt4", "--dry-run", "--set", "vllm_server_port=8011"]) == 0
+    assert cli.main(["vllm-serve", "--profile", "kaggle_2xt4", "--dry-run", "--set", "vllm_server_port=8011"]) == 0
     out = capsys.readouterr().out
     assert "trl vllm-serve --model unsloth/Llama-3.2-3B-Instruct --host 127.0.0.1 --port 8011" in out
     assert "http://127.0.0.1:8011" in out
@@ -233,6 +233,43 @@ def test_finish_trainer_makes_lora_trainable_again_after_kbit_preparation(tiny_m
     assert backends.finish_trainer(SimpleNamespace(model=model), trl_profile) == len(lora)
     assert all(p.requires_grad for p in lora)
     assert backends.finish_trainer(SimpleNamespace(model=model), PROFILES["tiny"]) == 0  # Unsloth's: untouched
+
+
+def test_release_engine_closes_the_server_communicator_and_drops_a_colocated_llm(monkeypatch):
+    closed = []
+    client = SimpleNamespace(pynccl_comm=object(), close_communicator=lambda: closed.append(True))
+    llm = object()
+    trainer = SimpleNamespace(vllm_client=client, llm=llm, model=SimpleNamespace())
+    backends.release_engine(trainer)
+    assert closed == [True] and client.pynccl_comm is None and trainer.llm is None
+    backends.release_engine(trainer)  # twice (a rebuild, then the end of train_grpo): nothing more to close
+    assert closed == [True]
+    engine = object()  # Unsloth's: the model owns the engine, which later trainers reuse
+    unsloth = SimpleNamespace(llm=engine, model=SimpleNamespace(vllm_engine=engine))
+    backends.release_engine(unsloth)
+    assert unsloth.llm is engine
+    backends.release_engine(SimpleNamespace(model=None))  # HF generate: no engine at all
+
+
+def test_a_results_card_error_is_one_line_and_status_1(monkeypatch, capsys):
+    from grpo_helpers import results_card
+
+    def no_metrics(args, profile):
+        raise results_card.CardError("No metrics.csv: run notebook 04 (or `python -m grpo_helpers train`) first.")
+
+    monkeypatch.setitem(commands.COMMANDS, "evaluate", no_metrics)
+    assert commands.run(SimpleNamespace(command="evaluate"), PROFILES["tiny"]) == commands.FAILED_EXIT
+    assert capsys.readouterr().err.strip().endswith("error: No metrics.csv: run notebook 04 (or `python -m "
+                                                    "grpo_helpers train`) first.")
+
+
+def test_zero3_refuses_the_watch(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ProfileError, match="watch_questions=0"):
+        backends.check_engine(PROFILES["tiny"])
+    backends.check_engine(PROFILES["tiny"].replace(watch_questions=0))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    backends.check_engine(PROFILES["tiny"])
 
 
 def test_state_digest_sees_every_byte():

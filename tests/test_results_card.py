@@ -47,12 +47,12 @@ def saved_run(artifacts, monkeypatch):
         "run": {"lora": {"rank": 16}}, "saved_at": "2026-01-01 00:00:00"}))
     metrics = paths.profile_dir(TINY.name) / callbacks.METRICS_FILE
     for step in range(1, 11):
-        watch.append_metric_rows(metrics, step, step / 10, {"reward": step / 10})
+        callbacks.append_metric_rows(metrics, step, step / 10, {"reward": step / 10})
     for step, strict in ((0, 0.25), (5, 0.5), (10, 0.75)):
-        watch.append_metric_rows(metrics, step, step / 10, {"eval/strict_accuracy": strict, "eval/format_rate": 0.9,
+        callbacks.append_metric_rows(metrics, step, step / 10, {"eval/strict_accuracy": strict, "eval/format_rate": 0.9,
                                                             "eval/lenient_accuracy": 0.8, watch.WATCH_SECONDS: 1.5})
-    watch.append_metric_rows(metrics, 2, 0.2, {"train_runtime": 3.0})
-    watch.append_metric_rows(metrics, 10, 1.0, {"train_runtime": 40.0})
+    callbacks.append_metric_rows(metrics, 2, 0.2, {"train_runtime": 3.0})
+    callbacks.append_metric_rows(metrics, 10, 1.0, {"train_runtime": 40.0})
     result = _compare(monkeypatch, set(range(8)), set(range(7)) | set(range(8, 14)))
     evaluation.save_results(result, evaluation.results_path(TINY))
     evaluation.save_results({"rows": _pi_rows()}, evaluation.results_path(TINY, pi_eval.PI_RESULTS_FILE))
@@ -110,6 +110,24 @@ def test_check_card_refuses_a_card_older_than_the_results(saved_run, monkeypatch
         results_card.check_card(TINY)
 
 
-def test_missing_inputs_name_the_notebook_to_run(artifacts):
-    with pytest.raises(results_card.CardError, match="run notebook 04 first"):
+def test_missing_inputs_name_the_notebook_and_command_to_run(artifacts):
+    with pytest.raises(results_card.CardError, match=r"run notebook 04 \(or `python -m grpo_helpers train`\) first"):
         results_card.write_card(TINY)
+
+
+def test_the_card_of_another_adapter_uses_its_own_run(saved_run, tmp_path):
+    """evaluate --adapter-dir X: the run table comes from X's adapter_info.json and X's run's metrics.csv."""
+    import shutil
+
+    other = tmp_path / "elsewhere" / "lora_adapter"
+    shutil.copytree(paths.adapter_dir(TINY.name), other)
+    info = json.loads((other / modeling.ADAPTER_INFO_FILE).read_text())
+    (other / modeling.ADAPTER_INFO_FILE).write_text(json.dumps({**info, "global_step": 7}))
+    with pytest.raises(results_card.CardError, match="elsewhere/metrics.csv"):
+        results_card.write_card(TINY, adapter_dir=other)
+    callbacks.append_metric_rows(other.parent / callbacks.METRICS_FILE, 7, 1.0, {"reward": 0.5, "train_runtime": 9.0})
+    text = results_card.write_card(TINY, adapter_dir=other).read_text()
+    assert "| GRPO steps | 7 of 10 |" in text and "9 s (the Trainer's train_runtime, 1 session(s))" in text
+    results_card.check_card(TINY, other)
+    with pytest.raises(results_card.CardError, match="'## Run' does not match"):
+        results_card.check_card(TINY)  # the profile's own adapter is another run

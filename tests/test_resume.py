@@ -111,6 +111,27 @@ def test_a_checkpoint_is_complete_only_with_whole_files(tmp_path):
     assert checkpoints.checkpoint_problem(folder) == "no trainer_state.json"
 
 
+def test_a_deepspeed_checkpoint_has_its_optimizer_in_global_step_folder(tmp_path):
+    """Under DeepSpeed the Trainer writes `latest` + global_stepN/ (the engine's save_checkpoint), no optimizer.pt."""
+    import torch
+
+    folder = fake_checkpoint(tmp_path / "checkpoint-4", "mine")
+    (folder / "optimizer.pt").unlink()
+    state = folder / "global_step4"
+    state.mkdir()
+    (folder / checkpoints.DEEPSPEED_LATEST_FILE).write_text("global_step4")
+    torch.save({"optimizer_state_dict": {}}, state / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    assert checkpoints.checkpoint_problem(folder) is None
+    assert checkpoints.latest_checkpoint(tmp_path, "mine") == str(folder)
+    optim = state / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    optim.write_bytes(optim.read_bytes()[:40])  # cut off while saving
+    assert checkpoints.checkpoint_problem(folder) == f"{optim.name} is truncated"
+    optim.unlink()
+    assert checkpoints.checkpoint_problem(folder) == "no DeepSpeed state files in global_step4"
+    (folder / checkpoints.DEEPSPEED_LATEST_FILE).write_text("global_step9")  # names a folder that is not there
+    assert checkpoints.checkpoint_problem(folder) == "no optimizer.pt"
+
+
 def test_latest_checkpoint_keeps_to_its_run(tmp_path):
     fake_checkpoint(tmp_path / "checkpoint-5", "mine")
     fake_checkpoint(tmp_path / "checkpoint-10", "mine")

@@ -56,6 +56,12 @@ def test_config_table_shows_every_field_and_who_set_it(tmp_path):
     assert table.loc["delta", "set by"] == "" and table.loc["delta", "value"] == table.loc["delta", "default"]
     assert list(table["set by"].drop_duplicates()) == ["profile", "grpo_helpers", "override", "TRL, derived", ""]
 
+    # the "trl" backend's own values (backends.engine_config_values) are passed too; the "trl" backend itself
+    # cannot build in a process that imported Unsloth, so its values are handed in here
+    with mock.patch.object(grpo_config.backends, "engine_config_values", lambda profile: {"ddp_timeout": 1800}):
+        table = grpo_config.config_table(config, TINY)
+    assert table.loc["ddp_timeout", "set by"] == "grpo_helpers" and table.loc["ddp_timeout", "passed"] == "1800"
+
 
 def test_the_run_is_the_config_as_built_changes_included(artifacts):
     config = grpo_config.build_grpo_config(TINY)

@@ -45,9 +45,9 @@ def test_off_and_bad_settings():
 def test_the_live_figure_draws_the_watch_beside_the_reward(artifacts):
     path = paths.profile_dir(TINY.name) / callbacks.METRICS_FILE
     for step in range(1, 5):
-        watch.append_metric_rows(path, step, step / 10, {"reward": 1.0 + step / 10})
+        callbacks.append_metric_rows(path, step, step / 10, {"reward": 1.0 + step / 10})
     for step in (0, 4):
-        watch.append_metric_rows(path, step, step / 10, dict.fromkeys(watch.WATCH_METRICS, 0.5 - step / 10))
+        callbacks.append_metric_rows(path, step, step / 10, dict.fromkeys(watch.WATCH_METRICS, 0.5 - step / 10))
     long_rows = callbacks.read_metrics(path)
     assert list(long_rows.columns) == ["step", "epoch", "name", "value", "wall_time"]
     table = metrics_table(long_rows)
