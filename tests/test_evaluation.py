@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from grpo_helpers import data, evaluation, export, modeling, runtime
-from grpo_helpers.generation import Completion, SamplingSettings
+from fakes import FakeGenerator
+from grpo_helpers.generation import SamplingSettings
 from grpo_helpers.profiles import PROFILES
 
 PERFECT = data.format_completion("2 + 2 = 4", "4")
@@ -206,20 +207,6 @@ def test_results_json_round_trip(artifacts):
     assert loaded["summary"] == results["summary"] and loaded["rows"] == results["rows"]
     assert loaded["path"] == "/x" and "saved_at" in loaded
     json.loads(path.read_text())  # plain JSON
-
-
-class FakeGenerator:
-    """Stands in for generate_completions: records every call, returns canned replies per prompt."""
-
-    def __init__(self, reply_for):
-        self.calls, self.reply_for = [], reply_for
-
-    def __call__(self, model, tokenizer, prompts, settings, batch_size=16, lora_request=None, use_adapter=True):
-        self.calls.append({"prompts": [list(p) for p in prompts], "settings": settings, "batch_size": batch_size,
-                           "lora_request": lora_request, "use_adapter": use_adapter})
-        side = "trained" if use_adapter else "base"
-        return [[Completion(self.reply_for(side, p[-1]["content"], i), 5, False) for i in range(settings.num_samples)]
-                for p in prompts]
 
 
 def test_compare_before_after_uses_identical_questions_and_settings(monkeypatch):
