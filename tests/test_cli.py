@@ -135,7 +135,7 @@ def test_several_processes_always_train_with_trl(monkeypatch):
 
 def test_grpo_config_gets_the_server_host_port_and_timeout(tmp_path, monkeypatch):
     # this pytest process may have imported Unsloth already, which the "trl" backend refuses; the values are the point
-    monkeypatch.setattr(training, "prepare_backend", lambda profile: None)
+    monkeypatch.setattr(grpo_config, "prepare_backend", lambda profile: None)  # build_grpo_config's
     profile = KAGGLE.replace(vllm_server_host="10.1.2.3", vllm_server_port=8123, vllm_server_timeout_s=90.0)
     config = grpo_config.build_grpo_config(profile, tmp_path)
     assert (config.use_vllm, config.vllm_mode) == (True, "server")
