@@ -103,11 +103,8 @@ def evaluate(args: argparse.Namespace, profile: Profile) -> int:
           sep="\n")
     sampled_path = evaluation.results_path(profile, evaluation.GSM8K_SAMPLED_FILE)
     if profile.eval_samples > 1:
-        sampled = evaluation.compare_before_after(
-            model, tokenizer, test_set, SamplingSettings(max_new_tokens=profile.eval_max_new_tokens,
-                                                         temperature=profile.temperature,
-                                                         num_samples=profile.eval_samples, seed=profile.seed),
-            batch_size=profile.eval_batch_size, lora_request=lora, limit=n_questions)
+        sampled = evaluation.sampled_comparison(model, tokenizer, test_set, profile, profile.eval_samples,
+                                                n_questions, lora)
         evaluation.save_results({**tagged, **sampled}, sampled_path)
         print(f"{profile.eval_samples} samples per question: saved to {sampled_path}", evaluation.verdict(sampled),
               sep="\n")

@@ -150,6 +150,15 @@ def compare_before_after(model: Any, tokenizer: Any, dataset: Any, settings: Sam
     return result
 
 
+def sampled_comparison(model: Any, tokenizer: Any, dataset: Any, profile: "Profile", samples: int,
+                       limit: int | None = None, lora_request: Any = None) -> dict[str, Any]:
+    """compare_before_after with `samples` answers per question at the profile's temperature (pass@k, maj@k)."""
+    settings = SamplingSettings(max_new_tokens=profile.eval_max_new_tokens, temperature=profile.temperature,
+                                num_samples=samples, seed=profile.seed)
+    batch = max(1, profile.eval_batch_size // samples)  # eval_batch_size replies per generate call, as greedy
+    return compare_before_after(model, tokenizer, dataset, settings, batch, lora_request, limit)
+
+
 def summary_table(result: Mapping[str, Any]) -> "pd.DataFrame":
     """One row per metric, columns base / trained / change."""
     import pandas as pd

@@ -59,6 +59,14 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def significance_frame(result: Mapping[str, Any]) -> "pd.DataFrame":
+    """The before/after table of a compare_before_after result as the card shows it (intervals, flips, p)."""
+    import pandas as pd
+
+    table = pd.DataFrame(significance_rows(evaluation.significance_table(result)), columns=TABLE_HEADER)
+    return table.set_index("metric")
+
+
 def significance_rows(table: "pd.DataFrame") -> list[list[str]]:
     """evaluation.significance_table as the card's table rows (TABLE_HEADER's columns)."""
     return [[metric, _pct(r["base"]), f"{_pct(r['base_low'])}-{_pct(r['base_high'])}", _pct(r["trained"]),
